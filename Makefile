@@ -1,0 +1,55 @@
+# The book's commands. Each target does its own set-up: it creates .venv when absent and
+# reinstalls when requirements.txt or pyproject.toml changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MATHJAX := _mathjax/mathjax/es5/tex-chtml.js
+NB ?=
+export TQDM_DISABLE ?= 1
+export PYDEVD_DISABLE_FILE_VALIDATION = 1
+
+.PHONY: help setup book test execute serve lab clean
+
+help:
+	@echo "make book     build the HTML book offline into _build/html"
+	@echo "make test     lint, unit tests, nbval on every chapter, strict build, browser check"
+	@echo "make execute  re-execute notebooks in place (NB=chapters/x.ipynb for one)"
+	@echo "make serve    serve _build/html on http://localhost:8000"
+	@echo "make lab      JupyterLab on this venv"
+	@echo "make clean    remove build outputs (keeps .venv)"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# MathJax 3 served from a local copy (npm package), copied into the site by html_extra_path.
+$(MATHJAX):
+	@mkdir -p _mathjax/npm
+	cd _mathjax/npm && npm install --silent --no-audit --no-fund --no-save mathjax@3
+	rm -rf _mathjax/mathjax && cp -r _mathjax/npm/node_modules/mathjax _mathjax/mathjax && rm -rf _mathjax/npm
+
+setup: $(STAMP) $(MATHJAX)
+
+book: setup
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "Built: open file://$(CURDIR)/_build/html/index.html (or: make serve)"
+
+test: setup
+	$(BIN)/python -m tests.run_all
+
+execute: $(STAMP)
+	$(BIN)/python -m tests.execute $(NB)
+
+serve: book
+	$(BIN)/python -m http.server --directory _build/html 8000
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=chapters
+
+clean:
+	rm -rf _build .pytest_cache .coverage htmlcov
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

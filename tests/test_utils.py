@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from lib.utils import Timing, benchmark, get_device, load_results, provenance, save_results, seed_everything
+
+
+def test_seed_everything_reproduces_all_generators():
+    import random
+
+    import numpy as np
+
+    g = seed_everything(123)
+    a = (random.random(), np.random.rand(), torch.rand(3), torch.rand(2, generator=g))
+    g = seed_everything(123)
+    b = (random.random(), np.random.rand(), torch.rand(3), torch.rand(2, generator=g))
+    assert a[0] == b[0] and a[1] == b[1]
+    assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+    seed_everything(124)
+    assert not torch.equal(torch.rand(3), a[2])
+
+
+def test_seed_everything_sets_threads():
+    old = torch.get_num_threads()
+    try:
+        seed_everything(0, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_seed_everything_rejects_bad_seed(bad):
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(bad)
+
+
+def test_seed_everything_rejects_bad_threads():
+    with pytest.raises(ValueError, match="threads"):
+        seed_everything(0, threads=0)
+
+
+def test_get_device():
+    assert get_device("cpu") == torch.device("cpu")
+    assert get_device().type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="prefer"):
+        get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            get_device("cuda")
+
+
+def test_benchmark_counts_calls_and_takes_median():
+    calls = []
+    t = benchmark(lambda: calls.append(1), warmup=2, repeat=5, device="cpu")
+    assert len(calls) == 7 and len(t.times) == 5
+    assert Timing((3.0, 1.0, 2.0)).median == 2.0
+    with pytest.raises(ValueError, match="repeat"):
+        benchmark(lambda: None, repeat=0)
+    with pytest.raises(TypeError, match="callable"):
+        benchmark(3)
+
+
+def test_results_round_trip(tmp_path):
+    path = save_results(tmp_path / "r" / "x.json", {"speedup": 1.5}, command="python -m x")
+    payload = load_results(path)
+    assert payload["results"] == {"speedup": 1.5}
+    prov = payload["provenance"]
+    assert prov["command"] == "python -m x" and prov["torch"] == torch.__version__
+    assert {"date", "device", "python", "cpu_count"} <= set(prov)
+    (tmp_path / "bad.json").write_text(json.dumps({"results": 1}))
+    with pytest.raises(ValueError, match="provenance"):
+        load_results(tmp_path / "bad.json")
+
+
+def test_provenance_has_device():
+    assert provenance("c")["device"] in ("cpu", "cuda")
