@@ -1,7 +1,7 @@
 """Everything ``make test`` runs, in order, with a summary: ``python -m tests.run_all``.
 
 1. ruff (lint and format check) over ``lib/`` and ``tests/``;
-2. pytest unit tests of lib, with a coverage report of ``lib``;
+2. pytest unit tests of lib, with a coverage report of ``lib`` (printed at the end);
 3. nbval, strict mode, over every notebook in ``chapters/`` (one run per notebook, timed; a notebook
    over ``MAX_NOTEBOOK_SECONDS`` fails);
 4. a strict book build (``-W -n --keep-going``) into a temporary folder;
@@ -41,7 +41,8 @@ def notebooks() -> list[Path]:
 
 
 def main() -> int:
-    env = {"TQDM_DISABLE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
+    env = {"TQDM_DISABLE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    os.environ.pop("MPLBACKEND", None)  # notebooks use the inline backend, as when their outputs were stored
     os.environ.update(env)
     results: list[tuple[str, bool, float]] = []
     pytest = [str(BIN / "python"), "-m", "pytest"]
@@ -51,7 +52,7 @@ def main() -> int:
         ("ruff format", [str(BIN / "ruff"), "format", "--check", "lib", "tests"]),
         (
             "unit tests",
-            [*pytest, "tests", "-q", "--ignore=tests/test_book_browser.py", "--cov=lib", "--cov-report=term"],
+            [*pytest, "tests", "-q", "--ignore=tests/test_book_browser.py", "--cov=lib", "--cov-report="],
         ),
     ]:
         ok, s = run(name, cmd)
@@ -78,6 +79,8 @@ def main() -> int:
           f"{BUDGET_SECONDS} s; fails over {MAX_NOTEBOOK_SECONDS} s):")  # fmt: skip
     for rel, ok, s in nb_times:
         print(f"  {rel:<44} {s:7.1f} s  {'ok' if ok else 'FAILED'}")
+    print("\nCoverage of lib by the unit tests:", flush=True)
+    subprocess.run([str(BIN / "python"), "-m", "coverage", "report", "--skip-empty"], cwd=ROOT)
     print("\nSummary:")
     for name, ok, s in results:
         print(f"  {'ok    ' if ok else 'FAILED'} {name} ({s:.1f} s)")
