@@ -1,12 +1,15 @@
 # The book's commands. Each target does its own set-up: it creates .venv when absent and
 # reinstalls when requirements.txt or pyproject.toml changed.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MATHJAX := _mathjax/mathjax/es5/tex-chtml.js
 NB ?=
+# pip warns once per package about this machine's extra local indexes; keep real errors
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 export TQDM_DISABLE ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
@@ -22,8 +25,8 @@ help:
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	@touch $@
 
 # MathJax 3 served from a local copy (npm package), copied into the site by html_extra_path.
