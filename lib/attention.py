@@ -2,6 +2,8 @@
 
 Vaswani et al. (2017), eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
 Chapters: "From RNNs to the Transformer" and "FlashAttention" (where this is the slow reference).
+:class:`MultiHeadAttention` is section 3.2.2 of the paper; positional encodings live in
+:mod:`lib.positional` and are re-exported here.
 
 Glossary
 --------
@@ -9,6 +11,7 @@ q, k, v      queries ``(..., L, E)``, keys ``(..., S, E)``, values ``(..., S, Ev
 L, S         query and key sequence lengths
 attn_mask    boolean (True = may attend) or float (added to the logits), broadcast to ``(..., L, S)``
 scale        the logit scale, default ``1/sqrt(E)``
+h, d_k       heads of :class:`MultiHeadAttention` and their width ``d_model / h``
 """
 
 from __future__ import annotations

@@ -1,0 +1,57 @@
+"""lib/reversal.py: the experiment's command runs end to end (tiny CPU smoke run) and writes results."""
+
+import json
+
+import pytest
+import torch
+
+from lib.reversal import ReversalConfig, build, main, run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_run_smoke():
+    c = ReversalConfig(
+        steps=3, batch_size=8, min_len=2, max_len=4, n_test_per_length=2, d_model=16, d_ff=16, rnn_hidden=8, warmup=2
+    )
+    res = run(c, device=torch.device("cpu"))
+    assert set(res) == {"transformer", "lstm", "gru"}
+    for r in res.values():
+        assert set(r["accuracy_by_length"]) == {2, 3, 4} and 0.0 <= r["accuracy_len_ge_20"] <= 1.0
+
+
+def test_cli_writes_results(tmp_path):
+    out = tmp_path / "r.json"
+    argv = [
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "6",
+        "--min-len",
+        "3",
+        "--pad-source",
+        "right",
+        "--models",
+        "transformer",
+        "gru",
+        "--n-test-per-length",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert "provenance" in payload and set(payload["results"]["results"]) == {"transformer", "gru"}
+
+
+def test_build_rejects_unknown_model():
+    with pytest.raises(ValueError, match="model name"):
+        build("mamba", ReversalConfig())

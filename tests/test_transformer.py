@@ -1,0 +1,130 @@
+"""lib/transformer.py: shapes, causality, padding, LN variants, schedule, and a CPU smoke training run."""
+
+import pytest
+import torch
+
+from lib.data.sequences import PAD, SequenceTask, held_out, make_batch, sampler
+from lib.seq2seq import Seq2SeqLoss, exact_match, greedy_decode
+from lib.train import train
+from lib.transformer import Transformer, TransformerConfig, layer_gradient_norms, warmup_lr, warmup_scheduler
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is as fast, and immune to oversubscription on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TASK = SequenceTask("reverse", n_symbols=5, min_len=2, max_len=6)
+
+
+def _batch(n=4, seed=0):
+    return make_batch(TASK, n, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_shapes_and_decoder_causality(norm_first):
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(TASK.vocab_size, d_model=16, n_heads=2, d_ff=32, norm_first=norm_first))
+    b = _batch()
+    logits = model(b.src, b.tgt_in)
+    assert logits.shape == (4, TASK.seq_len, TASK.vocab_size)
+    # changing target token t changes no logit before t
+    t = 3
+    tgt2 = b.tgt_in.clone()
+    tgt2[:, t] = (tgt2[:, t] + 1) % TASK.vocab_size
+    logits2 = model(b.src, tgt2)
+    torch.testing.assert_close(logits[:, :t], logits2[:, :t])
+    assert not torch.allclose(logits[:, t:], logits2[:, t:])
+
+
+def test_padding_keys_are_ignored():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(TASK.vocab_size, d_model=16, n_heads=2, d_ff=32))
+    b = _batch()
+    memory, pad = model.encode(b.src)
+    with torch.no_grad():
+        model.embed.weight[PAD].normal_()  # whatever PAD embeds to, real tokens do not see it
+    memory2, _ = model.encode(b.src)
+    torch.testing.assert_close(memory[~pad], memory2[~pad])
+    cross = model.cross_attention(b.src, b.tgt_in)
+    assert len(cross) == 2 and cross[0].shape == (4, 2, TASK.seq_len, TASK.seq_len)
+    assert float(cross[0].masked_select(pad[:, None, None, :]).abs().max()) == 0.0
+
+
+def test_greedy_decode_is_consistent_with_teacher_forcing():
+    torch.manual_seed(1)
+    model = Transformer(TransformerConfig(TASK.vocab_size, d_model=16, n_heads=2, d_ff=32)).eval()
+    b = _batch(6)
+    pred = greedy_decode(model, b.src, TASK.seq_len)
+    ys = torch.cat([torch.ones(6, 1, dtype=torch.long), pred[:, :-1]], dim=1)
+    with torch.no_grad():
+        again = model(b.src, ys).argmax(-1)
+    alive = torch.cat([torch.ones(6, 1, dtype=torch.bool), (pred != PAD)[:, :-1]], dim=1) & (pred != PAD)
+    assert torch.equal(again[alive], pred[alive])
+
+
+def test_warmup_schedule():
+    d, w = 64, 100
+    lrs = [warmup_lr(s, d, w) for s in range(1000)]
+    peak = max(range(1000), key=lambda s: lrs[s])
+    assert peak == w - 1 and abs(lrs[peak] - 1 / (d * w) ** 0.5) < 1e-12
+    assert all(a < b for a, b in zip(lrs[: w - 1], lrs[1:w], strict=True))  # linear warm-up
+    assert abs(lrs[4 * w - 1] / lrs[w - 1] - 0.5) < 1e-12  # 1/sqrt(step) decay afterwards
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=123.0)
+    sched = warmup_scheduler(opt, d, w, scale=2.0)
+    assert abs(opt.param_groups[0]["lr"] - 2 * lrs[0]) < 1e-15
+    opt.step()
+    sched.step()
+    assert abs(opt.param_groups[0]["lr"] - 2 * lrs[1]) < 1e-15
+    with pytest.raises(ValueError, match="warmup"):
+        warmup_lr(0, 64, 0)
+
+
+def test_layer_gradient_norms_pre_and_post_ln():
+    torch.manual_seed(0)
+    b = _batch(8)
+    for norm_first in (True, False):
+        model = Transformer(
+            TransformerConfig(
+                TASK.vocab_size, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=3, norm_first=norm_first
+            )
+        )
+        norms = layer_gradient_norms(model, Seq2SeqLoss()(model, b)["loss"])
+        assert len(norms["encoder"]) == 3 and len(norms["decoder"]) == 2
+        assert all(n > 0 for n in norms["encoder"] + norms["decoder"])
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerConfig(13, d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="dropout"):
+        TransformerConfig(13, dropout=1.0)
+    model = Transformer(TransformerConfig(13, d_model=8, n_heads=2, d_ff=8))
+    with pytest.raises(ValueError, match="int64"):
+        model(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_smoke_training_learns_short_reversal():
+    torch.manual_seed(0)
+    task = SequenceTask("reverse", n_symbols=5, min_len=2, max_len=5)
+    model = Transformer(
+        TransformerConfig(task.vocab_size, d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=1)
+    )
+    opt = torch.optim.Adam(model.parameters(), betas=(0.9, 0.98))
+    hist = train(
+        model,
+        Seq2SeqLoss(label_smoothing=0.05),
+        sampler(task, 32, seed=0),
+        150,
+        optimizer=opt,
+        scheduler=warmup_scheduler(opt, 32, warmup=30, scale=0.5),
+    )
+    assert hist.metrics["loss"][-1] < 0.5 * hist.metrics["loss"][0]
+    acc = float(exact_match(model, held_out(task, 20, seed=99)).float().mean())
+    assert acc > 0.5, acc
