@@ -1,7 +1,7 @@
 """Strict build of the book into a temporary folder: ``python -m tests.build_book [--only NB] [--out DIR]``.
 
 ``-W -n --keep-going``: any warning (broken reference, citation, toc entry) fails. ``--only`` builds the
-intro, the notation page and the given chapter(s) with a temporary table of contents, so one chapter
+intro, the notation page, the given chapter(s) and the bibliography with a temporary table of contents, so one chapter
 can be checked while others are being written. Exit status is jupyter-book's.
 """
 
@@ -28,7 +28,7 @@ def build(out: Path, toc: Path | None = None) -> subprocess.CompletedProcess:
 
 def only_toc(notebooks: list[str]) -> str:
     lines = ["format: jb-book", "root: intro", "parts:", "  - caption: Only", "    chapters:"]
-    for nb in ["chapters/running", "notation", *notebooks]:
+    for nb in ["chapters/running", "notation", *notebooks, "bibliography"]:
         lines.append(f"      - file: {Path(nb).with_suffix('').as_posix()}")
     return "\n".join(lines) + "\n"
 

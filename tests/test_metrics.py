@@ -1,0 +1,58 @@
+"""Energy distance, sliced Wasserstein, Frechet distance (closed forms) and the digits classifier."""
+
+import math
+
+import pytest
+import torch
+
+from lib.metrics import (
+    DigitsClassifierConfig,
+    classifier_frechet_distance,
+    energy_distance,
+    frechet_distance,
+    mean_pairwise_distance,
+    sliced_wasserstein,
+    train_digits_classifier,
+)
+
+
+def test_energy_distance_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 3, generator=g), torch.randn(200, 3, generator=g) + 0.5
+    d = lambda a, b: (a[:, None] - b[None]).norm(dim=-1).double().mean()
+    ref = float(2 * d(x, y) - d(x, x) - d(y, y))
+    assert energy_distance(x, y) == pytest.approx(ref, rel=1e-6)
+    assert energy_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert mean_pairwise_distance(x) == pytest.approx(float(d(x, x)), rel=1e-6)
+    assert energy_distance(x, y, y_self=mean_pairwise_distance(y)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_sliced_wasserstein_of_a_shift():
+    """Shifting by c gives SW2^2 = E_theta (theta . c)^2 = |c|^2 / d."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, 2, generator=g)
+    c = torch.tensor([1.0, 2.0])
+    sw = sliced_wasserstein(x, x + c, n_projections=2000, generator=g)
+    assert sw == pytest.approx(math.sqrt(5.0 / 2), rel=0.05)
+    assert sliced_wasserstein(x, x[:3000], generator=g) < 0.05  # different sizes via quantiles
+
+
+def test_frechet_distance_closed_form():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(200000, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0], dtype=torch.float64)
+    b = torch.randn(200000, 2, generator=g, dtype=torch.float64) * torch.tensor([2.0, 2.0], dtype=torch.float64) + 1.0
+    # diagonal covariances: |mu|^2 + sum (s_a - s_b)^2 = 2 + 1
+    assert frechet_distance(a, b) == pytest.approx(3.0, rel=0.02)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ValueError, match="dimension"):
+        frechet_distance(a, b[:, :1])
+
+
+def test_digits_classifier_smoke():
+    trained = train_digits_classifier(DigitsClassifierConfig(channels=4, features=8, steps=20))
+    assert 0.0 <= trained.test_accuracy <= 1.0
+    x = torch.rand(30, 1, 8, 8) * 2 - 1
+    assert trained.model.features(x).shape == (30, 8)
+    assert classifier_frechet_distance(x, x, trained.model) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        trained.model.features(torch.zeros(3, 64))
