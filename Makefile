@@ -1,5 +1,5 @@
 # The book's commands. Each target does its own set-up: it creates .venv when absent and
-# reinstalls when requirements.txt or pyproject.toml changed.
+# reinstalls when requirements.txt, constraints.txt or pyproject.toml changed.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
@@ -23,7 +23,7 @@ help:
 	@echo "make lab      JupyterLab on this venv"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
