@@ -11,15 +11,6 @@ from hypothesis import strategies as st
 from lib.attention import MultiHeadAttention, attention_scores, scaled_dot_product_attention
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _qkv(batch, L, S, E, Ev, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(*batch, n, e, generator=g, dtype=dtype) for n, e in ((L, E), (S, E), (S, Ev)))

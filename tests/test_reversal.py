@@ -8,14 +8,6 @@ import torch
 from lib.reversal import ReversalConfig, build, main, run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_run_smoke():
     c = ReversalConfig(
         steps=3, batch_size=8, min_len=2, max_len=4, n_test_per_length=2, d_model=16, d_ff=16, rnn_hidden=8, warmup=2

@@ -8,16 +8,6 @@ from lib.seq2seq import Seq2SeqLoss, exact_match, greedy_decode
 from lib.train import train
 from lib.transformer import Transformer, TransformerConfig, layer_gradient_norms, warmup_lr, warmup_scheduler
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TASK = SequenceTask("reverse", n_symbols=5, min_len=2, max_len=6)
 
 

@@ -16,8 +16,6 @@ from lib.rl.evaluate import episode_frames, evaluate, evaluate_returns
 from lib.rl.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from lib.rl.rollout import RolloutCollector, make_vector_env
 
-torch.set_num_threads(1)  # tiny networks: one thread is fastest
-
 
 def test_rollout_next_obs_and_truncation():
     # a 5-step time limit: CartPole under a random policy is truncated (not terminated) at step 5

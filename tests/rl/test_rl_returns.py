@@ -5,8 +5,6 @@ import torch
 
 from lib.rl.returns import discounted_returns, episode_returns, gae, n_step_returns
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest
-
 # Two environments, three steps (gamma = lambda = 0.5), worked by hand in the chapter's notation.
 # env 0: step 1 is truncated (time limit) with V(final obs) = 2.0; step 2 bootstraps at the rollout end.
 # env 1: step 0 terminates (its next value 5.0 must be ignored); steps 1-2 run on.

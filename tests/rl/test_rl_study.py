@@ -1,12 +1,9 @@
 """Tests for lib/rl/study.py: the study command writes a results file with provenance."""
 
 import pytest
-import torch
 
 from lib.rl.study import configs, main
 from lib.utils import load_results
-
-torch.set_num_threads(1)
 
 
 def test_study_command_smoke(tmp_path):

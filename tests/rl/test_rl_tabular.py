@@ -13,8 +13,6 @@ from lib.rl.tabular import (
     small_mdp,
 )
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest
-
 MDP = small_mdp()
 THETA = torch.tensor([[0.3, -0.2], [0.5, 0.1], [-0.4, 0.2]], dtype=torch.float64)
 
