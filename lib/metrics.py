@@ -191,7 +191,7 @@ def digits_test_accuracy(model: nn.Module) -> float:
 def load_digits_classifier(path=None) -> TrainedClassifier:
     """The shipped classifier ``weights/digits_classifier.safetensors`` (sha256 verified), with its test
     accuracy measured now."""
-    from lib.diffusion.checkpoint import WEIGHTS_DIR, load_checkpoint
+    from lib.checkpoint import WEIGHTS_DIR, load_checkpoint
 
     state, meta = load_checkpoint(path or WEIGHTS_DIR / "digits_classifier.safetensors")
     model = DigitsClassifier(DigitsClassifierConfig(**meta["config"]))
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import sys
 
-    from lib.diffusion.checkpoint import WEIGHTS_DIR, save_checkpoint
+    from lib.checkpoint import WEIGHTS_DIR, save_checkpoint
     from lib.utils import seed_everything
 
     parser = argparse.ArgumentParser(description="train and save the digits classifier of the Frechet distance")

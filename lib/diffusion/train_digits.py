@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lib.diffusion.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.diffusion.ema import EMA, EMAStep
 from lib.diffusion.score import DSMLoss
 from lib.diffusion.sde import VPSDE

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lib.diffusion.checkpoint import load_checkpoint
+from lib.checkpoint import load_checkpoint
 from lib.diffusion.train_digits import (
     DigitsDiffusionConfig,
     load_digits_diffusion,

@@ -1,9 +1,9 @@
 """Small safetensors checkpoints with a provenance sidecar, verified on load (BOOK.md rule 8).
 
-Chapter: "Diffusion as stochastic differential equations" (used for the digits model and the digits
-classifier of ``lib.metrics``). ``name.safetensors`` holds the tensors; ``name.json`` holds the command,
-seed, config, library versions (``lib.utils.provenance``) and the file's sha256, checked by
-:func:`load_checkpoint`.
+Used by every chapter that ships weights: first the diffusion chapter's digits model
+(``lib.diffusion.train_digits``) and the digits classifier behind ``lib.metrics``. ``name.safetensors``
+holds the tensors; ``name.json`` holds the command, seed, config, library versions
+(``lib.utils.provenance``) and the file's sha256, checked by :func:`load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 """The repository's ``weights/`` folder."""
 
 
