@@ -26,6 +26,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from lib.utils import seed_everything
+
 
 def _check_sets(x: torch.Tensor, y: torch.Tensor) -> None:
     for name, v in (("x", x), ("y", y)):
@@ -163,7 +165,7 @@ def train_digits_classifier(config: DigitsClassifierConfig | None = None) -> Tra
 
     config = config or DigitsClassifierConfig()
     train_set = load_digits("train")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed, threads=None, deterministic=False)  # model initialisation
     model = DigitsClassifier(config)
     g = torch.Generator().manual_seed(config.seed)
 

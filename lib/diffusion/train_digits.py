@@ -25,6 +25,7 @@ from lib.diffusion.ema import EMA, EMAStep
 from lib.diffusion.score import DSMLoss
 from lib.diffusion.sde import VPSDE
 from lib.nn.unet import MLPConfig, TimeMLP, UNet, UNetConfig
+from lib.utils import get_device, seed_everything
 
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "digits_vp_mlp.safetensors"
 
@@ -93,10 +94,9 @@ def train_digits_diffusion(config: DigitsDiffusionConfig = DigitsDiffusionConfig
     """Train the eps-prediction DSM model on the digits train split through ``lib.train.train``."""
     from lib.data.digits import load_digits
     from lib.train import train
-    from lib.utils import get_device
 
     device = get_device(device) if not isinstance(device, torch.device) else device
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed, threads=None, deterministic=False)  # model initialisation
     model = make_model(config).to(device)
     x_train = load_digits("train").x.to(device)
     g = torch.Generator().manual_seed(config.seed + 1)
@@ -142,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     out, threads = args.pop("out"), args.pop("threads")
     config = DigitsDiffusionConfig(**args)
-    from lib.utils import seed_everything
-
     seed_everything(config.seed, threads=threads)
     trained = train_digits_diffusion(config)
     command = "python -m lib.diffusion.train_digits " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lib.utils import benchmark, get_device, save_results
+from lib.utils import benchmark, get_device, save_results, seed_everything
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
@@ -71,7 +71,7 @@ def time_train_step(width: int, precision: str, device: torch.device, batch: int
     """
     if not isinstance(width, int) or width < 1 or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"width and batch must be positive ints, got width={width!r}, batch={batch!r}")
-    torch.manual_seed(0)
+    seed_everything(0, threads=None, deterministic=False)  # model initialisation
     model = torch.nn.Sequential(
         torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width)
     ).to(device)

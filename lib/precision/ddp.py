@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from lib.utils import seed_everything
+
 
 def shard(batch: tuple[torch.Tensor, ...], rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
     """Rank ``rank``'s contiguous equal slice of every tensor of ``batch`` (leading dim ``N``, ``N % W == 0``)."""
@@ -70,7 +72,7 @@ def _grad_worker(rank: int, world_size: int, port: int, seed: int, queue) -> Non
 def _problem(seed: int):
     """A float64 MLP on 48 random inputs (divisible by 1, 2, 3, 4)."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed, threads=None, deterministic=False)  # model initialisation
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
     x = torch.randn(48, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (48,), generator=g)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from lib.precision.master import MasterWeightStep
 from lib.precision.scaler import DynamicLossScaler
 from lib.train import History, train
+from lib.utils import seed_everything
 
 MODES = ("fp32", "fp16", "fp16_master", "bf16", "fp16_master_unscaled")
 
@@ -58,7 +59,7 @@ class DigitsRunConfig:
 
 def make_mlp(cfg: DigitsRunConfig) -> torch.nn.Sequential:
     """MLP ``(B, 1, 8, 8) -> (B, 10)`` logits: Flatten, ``depth`` x (Linear, ReLU), Linear (seeded)."""
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed, threads=None, deterministic=False)
     layers: list[torch.nn.Module] = [torch.nn.Flatten()]
     width = 64
     for _ in range(cfg.depth):
