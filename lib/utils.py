@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_THREADS = 2
-"""Thread count used by :func:`seed_everything` (the book's reference machine has 2 cores)."""
+DEFAULT_THREADS = int(os.environ.get("BOOK_THREADS", "2"))
+"""Thread count used by :func:`seed_everything`: 2 (the book's reference machine has 2 cores), or the
+environment variable ``BOOK_THREADS`` (e.g. 1 when several jobs share the machine)."""
 
 
 def seed_everything(seed: int, threads: int | None = DEFAULT_THREADS, deterministic: bool = True) -> torch.Generator:

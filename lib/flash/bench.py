@@ -10,7 +10,7 @@ Chapter: "FlashAttention in three layers".
 
 Glossary
 --------
-provider   ``naive`` (lib.attention), ``sdpa`` (torch's choice of backend), ``sdpa_flash`` (torch's FlashAttention-2
+provider   ``naive`` (lib.nn.attention), ``sdpa`` (torch's choice of backend), ``sdpa_flash`` (torch's FlashAttention-2
            backend forced, CUDA), ``triton`` (lib.flash.triton_kernels), ``blockwise`` (lib.flash.blockwise, CPU)
 flops      forward ``4 B H N^2 d`` (halved when causal); forward+backward 3.5 times that (backward = 2.5 forward)
 """
@@ -88,7 +88,7 @@ def _provider_fn(name: str, causal: bool):
     import torch.nn.functional as F
 
     if name == "naive":
-        from lib.attention import scaled_dot_product_attention
+        from lib.nn.attention import scaled_dot_product_attention
 
         return lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=causal)
     if name == "sdpa":

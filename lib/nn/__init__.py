@@ -1,1 +1,2 @@
-"""Reusable network building blocks (time-conditioned UNet and MLP for diffusion). Chapter: "Diffusion as SDEs"."""
+"""Building blocks shared by several chapters: attention (:mod:`lib.nn.attention`), positional encodings
+(:mod:`lib.nn.positional`) and the time-conditioned UNet/MLP (:mod:`lib.nn.unet`)."""

@@ -1,10 +1,10 @@
-"""Blockwise FlashAttention-2 (lib/flash/blockwise.py) against naive attention (lib/attention.py), float64."""
+"""Blockwise FlashAttention-2 (lib/flash/blockwise.py) against naive attention (lib/nn/attention.py), float64."""
 
 import pytest
 import torch
 
-from lib.attention import scaled_dot_product_attention
 from lib.flash import attention_delta, flash_attention, flash_attention_forward, measure_peak_memory
+from lib.nn.attention import scaled_dot_product_attention
 
 CASES = [  # (batch, heads, N_q, N_k, d, causal, block_q, block_k)
     (1, 1, 1, 1, 8, True, 16, 16),

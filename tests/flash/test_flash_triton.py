@@ -7,7 +7,7 @@ the compiled kernels.
 import pytest
 import torch
 
-from lib.attention import scaled_dot_product_attention
+from lib.nn.attention import scaled_dot_product_attention
 
 tk = pytest.importorskip("lib.flash.triton_kernels")
 

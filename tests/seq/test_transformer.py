@@ -1,12 +1,12 @@
-"""lib/transformer.py: shapes, causality, padding, LN variants, schedule, and a CPU smoke training run."""
+"""lib/seq/transformer.py: shapes, causality, padding, LN variants, schedule, and a CPU smoke training run."""
 
 import pytest
 import torch
 
 from lib.data.sequences import PAD, SequenceTask, held_out, make_batch, sampler
-from lib.seq2seq import Seq2SeqLoss, exact_match, greedy_decode
+from lib.seq.seq2seq import Seq2SeqLoss, exact_match, greedy_decode
+from lib.seq.transformer import Transformer, TransformerConfig, layer_gradient_norms, warmup_lr, warmup_scheduler
 from lib.train import train
-from lib.transformer import Transformer, TransformerConfig, layer_gradient_norms, warmup_lr, warmup_scheduler
 
 TASK = SequenceTask("reverse", n_symbols=5, min_len=2, max_len=6)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.data.sequences import BOS, EOS, PAD, Seq2SeqBatch
-from lib.rnn import Recurrent, make_cell
+from lib.seq.rnn import Recurrent, make_cell
 
 
 def label_smoothed_cross_entropy(
@@ -122,7 +122,7 @@ class RNNSeq2SeqConfig:
     hidden_size: int = 128
     """State width ``H``."""
     fused: bool = True
-    """Use torch's fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (same equations as :mod:`lib.rnn`, which the
+    """Use torch's fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (same equations as :mod:`lib.seq.rnn`, which the
     tests check, and several times faster on a CPU); ``False`` runs our cells in a Python loop."""
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""lib/attention.py: naive attention vs torch's SDPA; multi-head attention vs torch.nn.MultiheadAttention."""
+"""lib/nn/attention.py: naive attention vs torch's SDPA; multi-head attention vs torch.nn.MultiheadAttention."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.attention import MultiHeadAttention, attention_scores, scaled_dot_product_attention
+from lib.nn.attention import MultiHeadAttention, attention_scores, scaled_dot_product_attention
 
 
 def _qkv(batch, L, S, E, Ev, seed, dtype=torch.float64):

@@ -5,7 +5,7 @@ are trained by :func:`lib.train.train`; exact-sequence accuracy is measured by g
 held-out set with every length. The chapter runs the small default on a CPU; bigger runs (longer
 sequences, right padding, more steps) use the command line:
 
-    python -m lib.reversal --steps 2000 --max-len 60 --pad-source right --out results/reversal.json
+    python -m lib.seq.reversal --steps 2000 --max-len 60 --pad-source right --out results/reversal.json
 
 Chapter: "From RNNs to the Transformer" (``chapters/transformer.ipynb``).
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from lib.data.sequences import SequenceTask, held_out, sampler
-from lib.seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqLoss, accuracy_by_length
+from lib.seq.seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqLoss, accuracy_by_length
+from lib.seq.transformer import Transformer, TransformerConfig, warmup_scheduler
 from lib.train import History, train
-from lib.transformer import Transformer, TransformerConfig, warmup_scheduler
 from lib.utils import get_device, save_results, seed_everything
 
 
@@ -51,7 +51,7 @@ class ReversalConfig:
     d_ff: int = 128
     """Transformer feed-forward width."""
     warmup: int = 100
-    """Warm-up steps of :func:`lib.transformer.warmup_lr`."""
+    """Warm-up steps of :func:`lib.seq.transformer.warmup_lr`."""
     lr_scale: float = 0.5
     """Multiplier of the warm-up schedule."""
     label_smoothing: float = 0.1

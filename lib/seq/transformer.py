@@ -5,7 +5,7 @@ cross-attention to the encoder output + feed-forward. Each sublayer is wrapped i
 connection and a LayerNorm, either after the sum (post-LN, the paper's ``LayerNorm(x + Sublayer(x))``)
 or before the sublayer (pre-LN, ``x + Sublayer(LayerNorm(x))``, Xiong et al., 2020). Training uses
 teacher forcing, the warm-up schedule of the paper (:func:`warmup_lr`) and optionally label smoothing
-(:class:`lib.seq2seq.Seq2SeqLoss`); inference is greedy (:func:`greedy_decode`).
+(:class:`lib.seq.seq2seq.Seq2SeqLoss`); inference is greedy (:func:`greedy_decode`).
 Chapter: "From RNNs to the Transformer" (``chapters/transformer.ipynb``).
 
 Glossary
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lib.attention import MultiHeadAttention
 from lib.data.sequences import PAD
-from lib.positional import SinusoidalPositionalEncoding
-from lib.seq2seq import greedy_decode  # noqa: F401 (part of this module's API)
+from lib.nn.attention import MultiHeadAttention
+from lib.nn.positional import SinusoidalPositionalEncoding
+from lib.seq.seq2seq import greedy_decode  # noqa: F401 (part of this module's API)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""lib/reversal.py: the experiment's command runs end to end (tiny CPU smoke run) and writes results."""
+"""lib/seq/reversal.py: the experiment's command runs end to end (tiny CPU smoke run) and writes results."""
 
 import json
 
 import pytest
 import torch
 
-from lib.reversal import ReversalConfig, build, main, run
+from lib.seq.reversal import ReversalConfig, build, main, run
 
 
 def test_run_smoke():

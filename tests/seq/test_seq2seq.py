@@ -1,11 +1,11 @@
-"""lib/seq2seq.py: label smoothing vs torch, greedy decoding, RNN encoder-decoder (fused == our cells)."""
+"""lib/seq/seq2seq.py: label smoothing vs torch, greedy decoding, RNN encoder-decoder (fused == our cells)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lib.data.sequences import EOS, PAD, SequenceTask, make_batch, sampler
-from lib.seq2seq import (
+from lib.seq.seq2seq import (
     RNNSeq2Seq,
     RNNSeq2SeqConfig,
     Seq2SeqLoss,

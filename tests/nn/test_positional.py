@@ -1,11 +1,11 @@
-"""lib/positional.py: sinusoidal code, the shift-is-a-rotation identity, 2D sin-cos, rotary."""
+"""lib/nn/positional.py: sinusoidal code, the shift-is-a-rotation identity, 2D sin-cos, rotary."""
 
 import math
 
 import pytest
 import torch
 
-from lib.positional import (
+from lib.nn.positional import (
     SinusoidalPositionalEncoding,
     apply_rotary,
     frequencies,

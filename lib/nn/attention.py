@@ -3,7 +3,7 @@
 Vaswani et al. (2017), eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
 Chapters: "From RNNs to the Transformer" and "FlashAttention" (where this is the slow reference).
 :class:`MultiHeadAttention` is section 3.2.2 of the paper; positional encodings live in
-:mod:`lib.positional` and are re-exported here.
+:mod:`lib.nn.positional` and are re-exported here.
 
 Glossary
 --------
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from lib.positional import SinusoidalPositionalEncoding, apply_rotary, sincos_2d, sinusoidal_encoding  # noqa: F401 (re-export)
+from lib.nn.positional import SinusoidalPositionalEncoding, apply_rotary, sincos_2d, sinusoidal_encoding  # noqa: F401 (re-export)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

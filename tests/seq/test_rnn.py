@@ -1,9 +1,9 @@
-"""lib/rnn.py: our cells equal torch's cells after load_state_dict (float64), wrappers, BPTT norms."""
+"""lib/seq/rnn.py: our cells equal torch's cells after load_state_dict (float64), wrappers, BPTT norms."""
 
 import pytest
 import torch
 
-from lib.rnn import GRUCell, LSTMCell, Recurrent, RNNCell, make_cell, state_gradient_norms
+from lib.seq.rnn import GRUCell, LSTMCell, Recurrent, RNNCell, make_cell, state_gradient_norms
 
 PAIRS = [(RNNCell, torch.nn.RNNCell), (LSTMCell, torch.nn.LSTMCell), (GRUCell, torch.nn.GRUCell)]
 
