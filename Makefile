@@ -13,12 +13,14 @@ QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 export TQDM_DISABLE ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: help setup book test execute serve lab clean
+.PHONY: help setup book test execute serve lab clean gpu
 
 help:
 	@echo "make book     build the HTML book offline into _build/html"
 	@echo "make test     lint, unit tests, nbval on every chapter, strict build, browser check"
 	@echo "make execute  re-execute notebooks in place (NB=chapters/x.ipynb for one)"
+	@echo "make gpu      on a CUDA machine: CUDA tests, then every GPU benchmark into results/ (< 8 min)"
+	@echo "              (make gpu DRY=1: the same steps on the CPU at tiny sizes, in seconds)"
 	@echo "make serve    serve _build/html on http://localhost:8000"
 	@echo "make lab      JupyterLab on this venv"
 	@echo "make clean    remove build outputs (keeps .venv)"
@@ -47,8 +49,13 @@ test: setup
 execute: $(STAMP)
 	$(BIN)/python -m tests.execute $(NB)
 
+# Every GPU measurement, unattended: CUDA-only tests, then the benchmarks (results/<chapter>/*_cuda.json).
+# DRY=1 runs the same steps on the CPU at tiny sizes into a temporary folder (make test does this).
+gpu: $(STAMP)
+	$(BIN)/python -m tests.run_gpu $(if $(DRY),--dry)
+
 serve: book
-	$(BIN)/python -m http.server --directory _build/html 8000
+	$(BIN)/python -m http.server --bind $(or $(HOST),127.0.0.1) --directory _build/html $(or $(PORT),8000)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=chapters

@@ -6,8 +6,9 @@ Glossary
 --------
 seed_everything   one call that seeds python, numpy and torch and fixes the thread count
 get_device        the device chosen at run time (CUDA if present, else CPU)
-benchmark         warm-up + median wall time (CUDA events on GPU, ``perf_counter`` on CPU)
-provenance        who/what/when of a measurement (device, driver, versions, date, command)
+benchmark         warm-up + median wall time of R back-to-back calls (CUDA events on GPU, ``perf_counter`` on CPU)
+compare           several functions timed interleaved, round by round (ratios robust to a drifting load)
+provenance        who/what/when of a measurement (device, driver, clocks, versions, date, command, git commit)
 save_results      write a JSON results file with its provenance block
 """
 
@@ -97,17 +98,25 @@ class Timing:
 
 
 def benchmark(
-    fn: Callable[[], Any], warmup: int = 2, repeat: int = 5, device: torch.device | str | None = None
+    fn: Callable[[], Any],
+    warmup: int = 2,
+    repeat: int = 5,
+    device: torch.device | str | None = None,
+    inner: int = 1,
 ) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeat`` timed calls.
+    """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeat`` timed samples.
 
-    On CUDA the time is measured with CUDA events around each call (so queued kernels count);
-    on the CPU with ``time.perf_counter``.
+    Each sample runs ``inner`` back-to-back calls between one pair of clock readings and records their mean, so
+    that fast kernels are not charged a synchronisation (and the Python launch overhead it exposes) per call. On
+    CUDA the clock is a pair of CUDA events around the ``inner`` calls (so queued kernels count) and the device is
+    synchronised once per sample; on the CPU it is ``time.perf_counter``.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if warmup < 0 or repeat < 1:
         raise ValueError(f"need warmup >= 0 and repeat >= 1, got warmup={warmup}, repeat={repeat}")
+    if not isinstance(inner, int) or isinstance(inner, bool) or inner < 1:
+        raise ValueError(f"inner must be a positive int, got {inner!r}")
     device = torch.device(device) if device is not None else get_device()
     for _ in range(warmup):
         fn()
@@ -117,16 +126,40 @@ def benchmark(
         for _ in range(repeat):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(inner):
+                fn()
             end.record()
             torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / inner)
     else:
         for _ in range(repeat):
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t0) / inner)
     return Timing(tuple(times))
+
+
+def compare(
+    fns: dict[str, Callable[[], Any]], warmup: int = 1, repeat: int = 5, device: torch.device | str | None = None
+) -> dict[str, Timing]:
+    """Time several functions *interleaved*: each round runs every function once, in turn, ``repeat`` rounds.
+
+    A ratio of two medians is then robust to the machine's load drifting during the measurement (every function
+    sees the same drift), which back-to-back blocks of repeats are not. Returns ``{name: Timing}``.
+    """
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise TypeError("fns must be a non-empty dict of callables")
+    if warmup < 0 or repeat < 1:
+        raise ValueError(f"need warmup >= 0 and repeat >= 1, got warmup={warmup}, repeat={repeat}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name].append(benchmark(fn, warmup=0, repeat=1, device=device).times[0])
+    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 def _version(module: str) -> str | None:
@@ -138,7 +171,7 @@ def _version(module: str) -> str | None:
 
 
 def provenance(command: str | None = None) -> dict[str, Any]:
-    """Where and how a measurement was made: device, driver, library versions, date, command."""
+    """Where and how a measurement was made: device, driver, clocks, library versions, date, command, git commit."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command if command is not None else " ".join([Path(sys.executable).name, *sys.argv]),
@@ -162,21 +195,62 @@ def provenance(command: str | None = None) -> dict[str, Any]:
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             compute_capability=f"{props.major}.{props.minor}",
             driver=_nvidia_driver(),
+            sm_count=props.multi_processor_count,
+            clocks=_nvidia_clocks(),
         )
+    commit = git_commit()
+    if commit is not None:
+        info["git_commit"] = commit
     return info
 
 
-def _nvidia_driver() -> str | None:
+def _nvidia_smi(query: str) -> str | None:
+    """First line of ``nvidia-smi --query-gpu=<query> --format=csv,noheader``, or None where unavailable."""
     try:
         import subprocess
 
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
         )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except Exception:
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    return _nvidia_smi("driver_version")
+
+
+def _nvidia_clocks() -> dict[str, str] | None:
+    """Current and maximum SM and memory clocks and the power limit, as nvidia-smi reports them (None if unreadable)."""
+    fields = ("clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.limit")
+    line = _nvidia_smi(",".join(fields))
+    if line is None:
+        return None
+    values = [v.strip() for v in line.split(",")]
+    return dict(zip(fields, values, strict=False)) if len(values) == len(fields) else None
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """The git commit of the working tree (``HEAD``, with ``-dirty`` when tracked files changed), or None."""
+    try:
+        import subprocess
+
+        cwd = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except Exception:
         return None
 

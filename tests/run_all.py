@@ -1,7 +1,8 @@
 """Everything ``make test`` runs, in order, with a summary: ``python -m tests.run_all``.
 
 1. ruff (lint and format check) over ``lib/`` and ``tests/``;
-2. pytest unit tests of lib, with a coverage report of ``lib`` (printed at the end);
+2. pytest unit tests of lib, with a coverage report of ``lib`` (printed at the end), and the CPU dry run of
+   ``make gpu`` (``python -m tests.run_gpu --dry``: the GPU run's steps at tiny sizes);
 3. nbval, strict mode, over every notebook in ``chapters/`` (one run per notebook, timed; a notebook
    over ``MAX_NOTEBOOK_SECONDS`` fails);
 4. a strict book build (``-W -n --keep-going``) into a temporary folder;
@@ -54,6 +55,7 @@ def main() -> int:
             "unit tests",
             [*pytest, "tests", "-q", "--ignore=tests/test_book_browser.py", "--cov=lib", "--cov-report="],
         ),
+        ("make gpu dry run", [str(BIN / "python"), "-m", "tests.run_gpu", "--dry"]),
     ]:
         ok, s = run(name, cmd)
         results.append((name, ok, s))

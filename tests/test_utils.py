@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -76,3 +77,36 @@ def test_results_round_trip(tmp_path):
 
 def test_provenance_has_device():
     assert provenance("c")["device"] in ("cpu", "cuda")
+
+
+def test_benchmark_inner_calls_back_to_back():
+    calls = []
+    t = benchmark(lambda: calls.append(1), warmup=1, repeat=3, device="cpu", inner=4)
+    assert len(calls) == 1 + 3 * 4 and len(t.times) == 3
+    slow = benchmark(lambda: time.sleep(0.002), warmup=0, repeat=2, device="cpu", inner=3)
+    assert 0.002 <= slow.median < 0.05  # per call, not per sample of 3 calls
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="inner"):
+            benchmark(lambda: None, inner=bad)
+
+
+def test_provenance_records_git_commit(tmp_path):
+    from lib.utils import git_commit
+
+    commit = git_commit()
+    if commit is not None:  # a git checkout: the 40-hex commit, maybe marked dirty
+        assert len(commit.removesuffix("-dirty")) == 40 and provenance("c")["git_commit"] == commit
+    assert git_commit(tmp_path) is None  # not a repository
+
+
+def test_compare_interleaves_rounds():
+    from lib.utils import compare
+
+    order = []
+    out = compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, repeat=3, device="cpu")
+    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then one call of each per round
+    assert set(out) == {"a", "b"} and all(len(t.times) == 3 for t in out.values())
+    with pytest.raises(TypeError, match="fns"):
+        compare({})
+    with pytest.raises(ValueError, match="repeat"):
+        compare({"a": lambda: None}, repeat=0)

@@ -1,6 +1,9 @@
 """FlashAttention: online softmax, a blockwise PyTorch reference, Triton kernels and their benchmark.
 
-Chapter: "FlashAttention in three layers" (``chapters/flash_attention.ipynb``).
+Chapter: "FlashAttention in three layers" (``chapters/flash_attention.ipynb``). Modules: ``online_softmax``,
+``blockwise`` (the PyTorch reference), ``triton_kernels`` (forward, one-launch and atomic-dQ backwards, launch
+configurations), ``io`` (HBM traffic, causal tile schedule), ``memory`` (peak memory), ``decoding`` (split-KV),
+``fp8`` (FlashAttention-3's block quantisation and incoherent processing), ``bench`` (``python -m lib.flash.bench``).
 
 ``import lib.flash`` does not import Triton: ``triton_flash_attention`` (and the module
 ``lib.flash.triton_kernels``) is loaded on first use. On a machine without CUDA that first use sets

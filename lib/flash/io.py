@@ -79,3 +79,32 @@ def flash2_traffic(N: int, d: int, M: int) -> Traffic:
     reads = N * d + T_r * 2 * N * d  # Q once; K, V once per query block
     writes = N * d + N  # O and L
     return Traffic(reads=reads, writes=writes)
+
+
+def causal_tile_states(N: int, block_m: int, block_n: int):
+    """Which tiles the causal forward kernel visits: a ``(T_r, T_c)`` integer array with 0 = skipped (entirely above
+    the diagonal), 1 = visited without a mask, 2 = visited with the causal mask (straddles the diagonal).
+
+    The bounds are those of ``_fwd_kernel`` in ``triton_kernels.py``: query block ``i`` (rows ``[i B_r, (i+1) B_r)``)
+    runs unmasked over key tiles starting below ``diag_lo = floor(i B_r / B_c) B_c`` and masked over the tiles
+    from ``diag_lo`` up to its last row. For square blocks (``B_r = B_c``) and ``T`` blocks per side, ``T (T + 1) / 2``
+    tiles are visited, ``T`` of them masked.
+    """
+    _check(N, 1)
+    _check(block_m, 1)
+    _check(block_n, 1)
+    import numpy as np
+
+    T_r, T_c = math.ceil(N / block_m), math.ceil(N / block_n)
+    states = np.zeros((T_r, T_c), dtype=np.int64)
+    for i in range(T_r):
+        start_m = i * block_m
+        diag_lo = (start_m // block_n) * block_n
+        hi = min(N, start_m + block_m)
+        for j in range(T_c):
+            start_n = j * block_n
+            if start_n < diag_lo:
+                states[i, j] = 1
+            elif start_n < hi:
+                states[i, j] = 2
+    return states

@@ -4,6 +4,12 @@ Usage (writes a JSON results file with provenance through :func:`lib.utils.save_
 
     python -m lib.precision.bench                      # device chosen at run time, default sizes
     python -m lib.precision.bench --sizes 256 512 --out /tmp/precision_cpu.json
+    python -m lib.precision.bench --dry --out /tmp/precision_dry.json   # CPU, tiny sizes, seconds (make test)
+
+The results file is rewritten after every size (an interrupted run keeps what it measured), the largest
+configurations (the chapter's headline) run first, and ``--max-seconds`` starts no new size after a deadline.
+Each sample times several back-to-back calls between one pair of CUDA events (``lib.utils.benchmark``'s
+``inner``), so small products are not charged a synchronisation per call.
 
 On a GPU the chapter reads ``results/precision/bench_cuda.json``; until one is committed it says
 "not measured yet". TF32 is a CUDA tensor-core mode (``torch.backends.cuda.matmul.allow_tf32``); on a
@@ -22,6 +28,9 @@ speedup   FP32 time / time, same size and device
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -52,6 +61,14 @@ def _dtype(precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
 
+def _inner(fn, device: torch.device, target: float = 0.02, max_inner: int = 50) -> int:
+    """Back-to-back calls per timed sample: about ``target`` seconds of work (1 on the CPU)."""
+    if device.type != "cuda":
+        return 1
+    t = benchmark(fn, warmup=1, repeat=1, device=device).median
+    return int(min(max_inner, max(1, round(target / max(t, 1e-7)))))
+
+
 def time_matmul(n: int, precision: str, device: torch.device, repeat: int = 5) -> dict[str, float]:
     """Median time and TFLOP/s of an ``(n, n) @ (n, n)`` product with inputs stored in ``precision``."""
     if not isinstance(n, int) or n < 1:
@@ -60,8 +77,9 @@ def time_matmul(n: int, precision: str, device: torch.device, repeat: int = 5) -
     a = torch.randn(n, n, generator=g).to(device, _dtype(precision))
     b = torch.randn(n, n, generator=g).to(device, _dtype(precision))
     with matmul_precision(precision):
-        t = benchmark(lambda: a @ b, warmup=2, repeat=repeat, device=device).median
-    return {"n": n, "seconds": t, "tflops": 2 * n**3 / t / 1e12}
+        inner = _inner(lambda: a @ b, device)
+        t = benchmark(lambda: a @ b, warmup=2, repeat=repeat, device=device, inner=inner).median
+    return {"n": n, "seconds": t, "tflops": 2 * n**3 / t / 1e12, "inner": inner}
 
 
 def time_train_step(width: int, precision: str, device: torch.device, batch: int = 256, repeat: int = 5):
@@ -94,20 +112,40 @@ def time_train_step(width: int, precision: str, device: torch.device, batch: int
         opt.zero_grad(set_to_none=True)
 
     with matmul_precision(precision):
-        t = benchmark(step, warmup=2, repeat=repeat, device=device).median
+        inner = _inner(step, device)
+        t = benchmark(step, warmup=2, repeat=repeat, device=device, inner=inner).median
     flops = 3 * 2 * batch * (2 * width * 4 * width)  # forward + 2x backward, two Linear layers
-    return {"width": width, "batch": batch, "seconds": t, "tflops": flops / t / 1e12}
+    return {"width": width, "batch": batch, "seconds": t, "tflops": flops / t / 1e12, "inner": inner}
 
 
-def run(sizes: list[int], widths: list[int], device: torch.device, repeat: int = 5) -> dict:
-    """All timings: ``{"matmul": [...], "train_step": [...]}`` with a ``speedup`` vs FP32 per row."""
-    out: dict[str, list[dict]] = {"matmul": [], "train_step": []}
-    for n in sizes:
-        rows = [{"precision": p, **time_matmul(n, p, device, repeat)} for p in PRECISIONS]
-        out["matmul"] += [{**r, "speedup": rows[0]["seconds"] / r["seconds"]} for r in rows]
-    for w in widths:
-        rows = [{"precision": p, **time_train_step(w, p, device, repeat=repeat)} for p in PRECISIONS]
-        out["train_step"] += [{**r, "speedup": rows[0]["seconds"] / r["seconds"]} for r in rows]
+def run(
+    sizes: list[int],
+    widths: list[int],
+    device: torch.device,
+    repeat: int = 5,
+    on_row=None,
+    max_seconds: float = math.inf,
+) -> dict:
+    """All timings: ``{"matmul": [...], "train_step": [...]}`` with a ``speedup`` vs FP32 per row.
+
+    Sizes and widths run largest first; ``on_row(results)`` is called after each size (to rewrite the results
+    file); no new size starts after ``max_seconds`` (those left are listed under ``"skipped"``)."""
+    out: dict[str, list] = {"matmul": [], "train_step": [], "skipped": []}
+    t0 = time.perf_counter()
+    todo = [("matmul", n) for n in sorted(sizes, reverse=True)] + [
+        ("train_step", w) for w in sorted(widths, reverse=True)
+    ]
+    for i, (kind, size) in enumerate(todo):
+        if time.perf_counter() - t0 > max_seconds:
+            out["skipped"] = [{"kind": k, "size": s} for k, s in todo[i:]]
+            break
+        if kind == "matmul":
+            rows = [{"precision": p, **time_matmul(size, p, device, repeat)} for p in PRECISIONS]
+        else:
+            rows = [{"precision": p, **time_train_step(size, p, device, repeat=repeat)} for p in PRECISIONS]
+        out[kind] += [{**r, "speedup": rows[0]["seconds"] / r["seconds"]} for r in rows]
+        if on_row is not None:
+            on_row(out)
     return out
 
 
@@ -117,15 +155,29 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="matmul sizes n")
     p.add_argument("--widths", type=int, nargs="+", default=None, help="MLP widths of the training step")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=math.inf, help="start no new size after this many seconds")
+    p.add_argument("--dry", action="store_true", help="CPU, tiny sizes: the code path of a GPU run in seconds")
     p.add_argument("--out", type=Path, default=None, help="default results/precision/bench_<device>.json")
     args = p.parse_args(argv)
-    device = get_device(args.device)
+    device = get_device("cpu" if args.dry else args.device)
     cuda = device.type == "cuda"
-    sizes = args.sizes or ([1024, 4096, 8192] if cuda else [128, 256])
-    widths = args.widths or ([1024, 4096] if cuda else [128])
-    results = {"device_type": device.type, **run(sizes, widths, device, args.repeat)}
+    if args.dry:
+        sizes, widths, repeat = args.sizes or [16], args.widths or [8], 1
+    else:
+        sizes = args.sizes or ([1024, 4096, 8192] if cuda else [128, 256])
+        widths = args.widths or ([1024, 4096] if cuda else [128])
+        repeat = args.repeat
     out = args.out or Path("results/precision") / f"bench_{device.type}.json"
-    path = save_results(out, results, command="python -m lib.precision.bench " + " ".join(argv or []))
+    command = "python -m lib.precision.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save(partial: dict) -> Path:
+        return save_results(out, {"device_type": device.type, **partial}, command=command.strip())
+
+    results = {
+        "device_type": device.type,
+        **run(sizes, widths, device, repeat, on_row=save, max_seconds=args.max_seconds),
+    }
+    path = save(results)
     for kind in ("matmul", "train_step"):
         for r in results[kind]:
             size = r.get("n", r.get("width"))
@@ -138,6 +190,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])

@@ -27,3 +27,28 @@ def test_tile_sizes_and_errors():
     assert tile_sizes(1024, 64) == (4, 4)
     with pytest.raises(ValueError, match="N must be"):
         flash2_traffic(0, 64, 1000)
+
+
+@pytest.mark.parametrize("N,bm,bn", [(1024, 128, 128), (1000, 128, 64), (257, 64, 32), (300, 32, 64), (17, 16, 16)])
+def test_causal_tile_states_match_the_mask(N, bm, bn):
+    """Skipped tiles are entirely masked, unmasked tiles entirely visible, and every visible entry is in a tile."""
+    import numpy as np
+
+    from lib.flash.io import causal_tile_states
+
+    states = causal_tile_states(N, bm, bn)
+    visible = np.tril(np.ones((N, N), dtype=bool))
+    for i in range(states.shape[0]):
+        for j in range(states.shape[1]):
+            tile = visible[i * bm : (i + 1) * bm, j * bn : (j + 1) * bn]
+            if states[i, j] == 0:
+                assert not tile.any()
+            elif states[i, j] == 1:
+                assert tile.all()
+            else:
+                assert tile.any()
+    if bm == bn:
+        T = states.shape[0]
+        assert (states > 0).sum() == T * (T + 1) // 2 and (states == 2).sum() == T
+    with pytest.raises(ValueError, match="N"):
+        causal_tile_states(0, 16, 16)
