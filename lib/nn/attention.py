@@ -12,6 +12,7 @@ L, S         query and key sequence lengths
 attn_mask    boolean (True = may attend) or float (added to the logits), broadcast to ``(..., L, S)``
 scale        the logit scale, default ``1/sqrt(E)``
 h, d_k       heads of :class:`MultiHeadAttention` and their width ``d_model / h``
+KVCache      keys and values of the tokens decoded so far, for incremental (cached) decoding
 """
 
 from __future__ import annotations
@@ -187,8 +188,68 @@ class MultiHeadAttention(torch.nn.Module):
                 mask = mask & keep
             else:
                 mask = mask.masked_fill(~keep, float("-inf"))
-        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        weights = attention_scores(q, k, mask)  # (B, h, L, S)
+        k, v = self.project_kv(key, value)
+        out, weights = self.attend(query, k, v, mask)
+        return (out, weights) if need_weights else out
+
+    def project_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values ``(K W^K, V W^V)``, each ``(B, h, S, d_k)``: what a cache stores."""
+        return self._split(self.k_proj(key)), self._split(self.v_proj(value))
+
+    def attend(
+        self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend from raw ``query (B, L, d)`` to projected ``k, v (B, h, S, d_k)``.
+
+        Returns ``(out (B, L, d), weights (B, h, L, S))``; :meth:`forward` and cached decoding share it.
+        """
+        B, L = query.shape[0], query.shape[1]
+        q = self._split(self.q_proj(query))  # (B, h, L, d_k)
+        weights = attention_scores(q, k, attn_mask)  # (B, h, L, S)
         heads = weights @ v  # (B, h, L, d_k)
         out = self.out_proj(heads.transpose(1, 2).reshape(B, L, self.d_model))  # concat heads, then W^O
-        return (out, weights) if need_weights else out
+        return out, weights
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Causal self-attention of ``x (B, n, d)``, the next ``n`` tokens, given the keys/values cached so far.
+
+        Appends the new tokens' keys and values to ``cache`` (in place), then lets new token ``i`` attend
+        to every cached token and to new tokens ``<= i``: the same result as :meth:`forward` with
+        ``is_causal=True`` on the whole prefix, at the cost of the ``n`` new rows only.
+        """
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+        if not torch.is_tensor(x) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, n, {self.d_model}), got {getattr(x, 'shape', x)}")
+        n, t0 = x.shape[1], cache.length
+        k, v = cache.append(*self.project_kv(x, x))  # (B, h, t0 + n, d_k)
+        # new token i sits at position t0 + i and may see keys j <= t0 + i (bottom-right aligned causal mask)
+        mask = torch.ones(n, t0 + n, dtype=torch.bool, device=x.device).tril(diagonal=t0)
+        return self.attend(x, k, v, mask)[0]
+
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, ``(B, h, t, d_k)`` each, for one attention layer.
+
+    Autoregressive decoding recomputes nothing: step ``t`` projects one new token and attends to the
+    ``t`` cached ones, ``O(t d)`` work instead of the ``O(t^2 d)`` of re-running the whole prefix.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached tokens ``t``."""
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate ``k, v (B, h, n, d_k)`` along the sequence and return the whole cache."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1]:
+                raise ValueError(f"k of shape {tuple(k.shape)} does not extend a cache of {tuple(self.k.shape)}")
+            self.k, self.v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+        return self.k, self.v

@@ -83,10 +83,16 @@ class SinusoidalPositionalEncoding(nn.Module):
         super().__init__()
         self.register_buffer("pe", sinusoidal_encoding(max_len, d_model, base), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.pe.shape[1] or x.shape[1] > self.pe.shape[0]:
-            raise ValueError(f"x must be (batch, T <= {self.pe.shape[0]}, {self.pe.shape[1]}), got {tuple(x.shape)}")
-        return x + self.pe[: x.shape[1]].to(x.dtype)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``x + PE[offset : offset + T]``; ``offset`` is the position of ``x``'s first row (cached decoding)."""
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        if x.dim() != 3 or x.shape[-1] != self.pe.shape[1] or offset + x.shape[1] > self.pe.shape[0]:
+            raise ValueError(
+                f"x must be (batch, T, {self.pe.shape[1]}) with offset + T <= {self.pe.shape[0]}, "
+                f"got {tuple(x.shape)} at offset {offset}"
+            )
+        return x + self.pe[offset : offset + x.shape[1]].to(x.dtype)
 
 
 def sincos_2d(height: int, width: int, d_model: int, base: float = 10000.0) -> torch.Tensor:

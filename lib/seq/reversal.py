@@ -1,11 +1,17 @@
 """The chapter's experiment: a Transformer and RNN encoder-decoders learn to reverse sequences.
 
 All models see the same batches (one seeded sampler each, same seed) for the same number of steps and
-are trained by :func:`lib.train.train`; exact-sequence accuracy is measured by greedy decoding on a
-held-out set with every length. The chapter runs the small default on a CPU; bigger runs (longer
-sequences, right padding, more steps) use the command line:
+are trained by :func:`lib.train.train`; the optimisers differ (Adam with the warm-up schedule and label
+smoothing for the Transformer, Adam at a fixed rate with clipping for the RNNs: "same data and steps",
+not "trained identically"). Exact-sequence accuracy is measured by greedy decoding on a held-out set with
+every length. Models: ``transformer``, ``lstm``/``gru``/``rnn`` (encoder-decoder without attention) and
+``lstm-attention``/``gru-attention`` (the same plus Bahdanau attention, :mod:`lib.seq.bahdanau`).
+The chapter runs the small default on a CPU; bigger runs (more seeds, right padding, more steps) use
+the command line:
 
-    python -m lib.seq.reversal --steps 2000 --max-len 60 --pad-source right --out results/reversal.json
+    python -m lib.seq.reversal --seeds 0 1 2 --out results/transformer/reversal_seeds.json
+    python -m lib.seq.reversal --models lstm --steps 2000 --seeds 0 1 2 --out results/transformer/reversal_rnn_2000.json
+    python -m lib.seq.reversal --steps 1000 --pad-source right --models transformer --out right_pad.json
 
 Chapter: "From RNNs to the Transformer" (``chapters/transformer.ipynb``).
 """
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lib.data.sequences import SequenceTask, held_out, sampler
+from lib.seq.bahdanau import AttentionRNNSeq2Seq, AttentionRNNSeq2SeqConfig
 from lib.seq.seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqLoss, accuracy_by_length
 from lib.seq.transformer import Transformer, TransformerConfig, warmup_scheduler
 from lib.train import History, train
@@ -60,8 +67,8 @@ class ReversalConfig:
     """State width of the LSTM/GRU baselines."""
     rnn_lr: float = 3e-3
     """Adam learning rate of the baselines (gradient clipping at 1)."""
-    models: tuple[str, ...] = ("transformer", "lstm", "gru")
-    """Which models to train."""
+    models: tuple[str, ...] = ("transformer", "lstm", "gru", "lstm-attention")
+    """Which models to train (see :func:`build`)."""
     seed: int = 0
     """Seed of the model initialisation."""
     data_seed: int = 1
@@ -88,11 +95,14 @@ def fit_transformer(model: Transformer, task: SequenceTask, c: ReversalConfig) -
 def fit_rnn(model: RNNSeq2Seq, task: SequenceTask, c: ReversalConfig) -> History:
     """Adam at ``rnn_lr`` with global gradient clipping at 1 (the usual recipe for RNNs)."""
     data = sampler(task, c.batch_size, seed=c.data_seed)
-    return train(model, Seq2SeqLoss(), data, c.steps, lr=c.rnn_lr, grad_clip=1.0, log_every=10, desc=model.config.cell)
+    return train(model, Seq2SeqLoss(), data, c.steps, lr=c.rnn_lr, grad_clip=1.0, log_every=10, desc="rnn")
+
+
+MODELS = ("transformer", "lstm", "gru", "rnn", "lstm-attention", "gru-attention", "rnn-attention")
 
 
 def build(name: str, c: ReversalConfig) -> torch.nn.Module:
-    """``"transformer"``, ``"lstm"`` or ``"gru"`` with the sizes of ``c``."""
+    """One of :data:`MODELS` with the sizes of ``c``: the Transformer, an RNN encoder-decoder, or one with attention."""
     V = c.task.vocab_size
     if name == "transformer":
         cfg = TransformerConfig(
@@ -101,7 +111,15 @@ def build(name: str, c: ReversalConfig) -> torch.nn.Module:
         return Transformer(cfg)
     if name in ("lstm", "gru", "rnn"):
         return RNNSeq2Seq(RNNSeq2SeqConfig(V, name, d_embed=c.d_model, hidden_size=c.rnn_hidden))
-    raise ValueError(f"model name must be 'transformer', 'lstm', 'gru' or 'rnn', got {name!r}")
+    if name in ("lstm-attention", "gru-attention", "rnn-attention"):
+        cell = name.split("-")[0]
+        return AttentionRNNSeq2Seq(AttentionRNNSeq2SeqConfig(V, cell, d_embed=c.d_model, hidden_size=c.rnn_hidden))
+    raise ValueError(f"model name must be one of {MODELS}, got {name!r}")
+
+
+def fit(name: str, model: torch.nn.Module, c: ReversalConfig) -> History:
+    """The recipe of ``name``: :func:`fit_transformer` for the Transformer, :func:`fit_rnn` for the rest."""
+    return (fit_transformer if name == "transformer" else fit_rnn)(model, c.task, c)
 
 
 def run(c: ReversalConfig, device: torch.device | None = None) -> dict[str, dict]:
@@ -110,9 +128,9 @@ def run(c: ReversalConfig, device: torch.device | None = None) -> dict[str, dict
     task, results = c.task, {}
     test = held_out(task, c.n_test_per_length, seed=c.test_seed)
     for name in c.models:
-        seed_everything(c.seed, threads=None)
+        seed_everything(c.seed)  # threads: BOOK_THREADS, default 2
         model = build(name, c).to(device)
-        hist = (fit_transformer if name == "transformer" else fit_rnn)(model, task, c)
+        hist = fit(name, model, c)
         acc = accuracy_by_length(model, test)
         long = [a for n, a in acc.items() if n >= 20] or list(acc.values())
         results[name] = {
@@ -131,17 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(ReversalConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "models":
-            parser.add_argument(flag, nargs="+", default=list(f.default))
+            parser.add_argument(flag, nargs="+", default=list(f.default), choices=MODELS)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="run each seed s with seed=s, data_seed=s+1 (overrides both)"
+    )
     parser.add_argument("--out", default=None, help="write a JSON results file with provenance")
     args = vars(parser.parse_args(argv))
-    out = args.pop("out")
+    out, seeds = args.pop("out"), args.pop("seeds")
     args["models"] = tuple(args["models"])
     config = ReversalConfig(**args)
-    results = run(config)
+    if seeds is None:
+        payload = {"config": dataclasses.asdict(config), "results": run(config)}
+    else:
+        runs = {str(s): run(dataclasses.replace(config, seed=s, data_seed=s + 1)) for s in seeds}
+        payload = {"config": dataclasses.asdict(config), "seeds": runs}
     if out:
-        save_results(out, {"config": dataclasses.asdict(config), "results": results})
+        save_results(out, payload)
     return 0
 
 

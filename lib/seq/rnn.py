@@ -159,6 +159,29 @@ class Recurrent(nn.Module):
         return torch.stack(outputs, dim=1), state
 
 
+def scaled_orthogonal_(cell: RNNCell, rho: float, generator: torch.Generator | None = None) -> RNNCell:
+    """Set ``W_hh = rho Q`` with ``Q`` a random orthogonal matrix and both biases to zero (in place).
+
+    With zero inputs and ``h_0 = 0`` every state stays 0, every ``tanh'`` factor is 1 and each step
+    Jacobian is ``J = rho Q``: the gradient ``k`` steps back is ``dL/dh_T (rho Q)^k``, of norm exactly
+    ``rho^k ||dL/dh_T||``, so the bound of the chapter's theorem holds with equality.
+    """
+    if not isinstance(cell, RNNCell):
+        raise TypeError(f"cell must be an RNNCell, got {type(cell).__name__}")
+    if not (isinstance(rho, int | float) and rho > 0):
+        raise ValueError(f"rho must be a positive number, got {rho!r}")
+    H = cell.hidden_size
+    w = cell.weight_hh
+    Q, R = torch.linalg.qr(torch.randn(H, H, dtype=torch.float64, generator=generator))
+    Q = Q * torch.sign(torch.diagonal(R))  # Haar-distributed orthogonal matrix
+    with torch.no_grad():
+        w.copy_((rho * Q).to(w.dtype))
+        if cell.bias_ih is not None:
+            cell.bias_ih.zero_()
+            cell.bias_hh.zero_()
+    return cell
+
+
 def state_gradient_norms(cell: _Cell, x: torch.Tensor, readout: torch.Tensor | None = None) -> torch.Tensor:
     """``||dL/ds_{T-k}||`` for ``k = 0..T-1``, where ``L = <readout, h_T>`` summed over the batch.
 

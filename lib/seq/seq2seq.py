@@ -72,7 +72,8 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, steps: int) -> torch.Tens
     """Feed back the argmax token ``steps`` times: returns ``(batch, steps)`` predicted tokens.
 
     Starts from ``BOS``; tokens after a predicted ``EOS`` are set to ``PAD``. The decoder is re-run on the
-    whole prefix at every step (no cache: simple, and cheap at these lengths).
+    whole prefix at every step (no cache: simple, works for any model with ``encode``/``decode``; the
+    cached version is :func:`greedy_decode_cached`).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -84,18 +85,102 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, steps: int) -> torch.Tens
         logits = model.decode(ys, state)  # (B, t, V)
         ys = torch.cat([ys, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     model.train(was_training)
-    out = ys[:, 1:]
-    after_eos = (out == EOS).long().cumsum(1) - (out == EOS).long() > 0  # strictly after the first EOS
-    return out.masked_fill(after_eos, PAD)
+    return pad_after_eos(ys[:, 1:])
+
+
+@torch.no_grad()
+def greedy_decode_cached(model: nn.Module, src: torch.Tensor, steps: int) -> torch.Tensor:
+    """:func:`greedy_decode` for a model with ``init_cache(state)`` and ``decode_step(tokens, cache)``: same tokens.
+
+    Each step feeds only the newest token; the model keeps what it needs of the past in ``cache`` (a
+    recurrent state, or the Transformer's keys and values), so step ``t`` costs ``O(1)`` recurrent steps
+    or ``O(t)`` attention work instead of re-running the whole prefix.
+    """
+    if not (hasattr(model, "init_cache") and hasattr(model, "decode_step")):
+        raise TypeError(f"model must have init_cache and decode_step, got {type(model).__name__}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    was_training = model.training
+    model.eval()
+    cache = model.init_cache(model.encode(src))
+    token = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
+    out = []
+    for _ in range(steps):
+        token = model.decode_step(token, cache)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        out.append(token)
+    model.train(was_training)
+    return pad_after_eos(torch.cat(out, dim=1))
+
+
+@dataclass(frozen=True)
+class BeamSearchResult:
+    """Output of :func:`beam_search`."""
+
+    tokens: torch.Tensor
+    """``(batch, steps)`` best hypothesis per source, PAD after its first EOS."""
+    log_prob: torch.Tensor
+    """``(batch,)`` its log-probability ``sum_t log p(y_t | y_<t, src)`` (up to and including EOS)."""
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, src: torch.Tensor, steps: int, beam_size: int = 4) -> BeamSearchResult:
+    """Keep the ``beam_size`` most probable prefixes at every step instead of the single greedy one.
+
+    Needs ``init_cache``/``decode_step`` and ``reorder_cache(cache, index)`` (select cache rows, so that a
+    surviving hypothesis carries its parent's cache). A hypothesis that has emitted EOS is finished: it is
+    extended by PAD at no cost and competes with the others on its final score. No length penalty. With
+    ``beam_size=1`` this is greedy decoding; with ``beam_size >= V^(steps-1)`` it finds the most probable
+    output of length ``steps`` exactly (both tested).
+    """
+    if not all(hasattr(model, a) for a in ("init_cache", "decode_step", "reorder_cache")):
+        raise TypeError(f"model must have init_cache, decode_step and reorder_cache, got {type(model).__name__}")
+    for name, val in (("steps", steps), ("beam_size", beam_size)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    was_training = model.training
+    model.eval()
+    B, K = src.shape[0], beam_size
+    cache = model.init_cache(model.encode(src.repeat_interleave(K, dim=0)))  # row b*K + k: beam k of source b
+    token = torch.full((B * K, 1), BOS, dtype=torch.long, device=src.device)
+    scores = torch.full((B, K), float("-inf"), device=src.device)
+    scores[:, 0] = 0.0  # all beams start identical: keep one alive
+    finished = torch.zeros(B, K, dtype=torch.bool, device=src.device)
+    seqs = torch.empty(B * K, 0, dtype=torch.long, device=src.device)
+    for _ in range(steps):
+        log_p = torch.log_softmax(model.decode_step(token, cache)[:, -1].float(), dim=-1)  # (B*K, V)
+        V = log_p.shape[-1]
+        log_p = log_p.view(B, K, V)
+        only_pad = torch.full((V,), float("-inf"), device=src.device)
+        only_pad[PAD] = 0.0
+        log_p = torch.where(finished[..., None], only_pad, log_p)  # finished: PAD at no cost
+        scores, idx = (scores[..., None] + log_p).view(B, K * V).topk(K, dim=-1)  # (B, K), best first
+        parent, tok = idx // V, idx % V
+        rows = (parent + torch.arange(B, device=src.device)[:, None] * K).view(-1)  # parent's row in (B*K)
+        model.reorder_cache(cache, rows)
+        seqs = torch.cat([seqs[rows], tok.view(-1, 1)], dim=1)
+        finished = finished.gather(1, parent) | (tok == EOS)
+        token = tok.view(-1, 1)
+    model.train(was_training)
+    best = seqs.view(B, K, steps)[:, 0]
+    return BeamSearchResult(pad_after_eos(best), scores[:, 0])
+
+
+def pad_after_eos(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens (batch, T)`` with every token strictly after the first ``EOS`` of its row set to ``PAD``."""
+    is_eos = (tokens == EOS).long()
+    return tokens.masked_fill(is_eos.cumsum(1) - is_eos > 0, PAD)
 
 
 def exact_match(model: nn.Module, batch: Seq2SeqBatch, chunk: int = 512) -> torch.Tensor:
-    """``(batch,)`` bool: the greedy output equals ``tgt_out`` token for token, EOS included."""
+    """``(batch,)`` bool: the greedy output equals ``tgt_out`` token for token, EOS included.
+
+    Uses the cached decoder when the model has one (same tokens, faster)."""
     device = next(model.parameters()).device
     hits = []
     for i in range(0, len(batch), chunk):
         src, tgt = batch.src[i : i + chunk].to(device), batch.tgt_out[i : i + chunk].to(device)
-        pred = greedy_decode(model, src, tgt.shape[1])
+        decode = greedy_decode_cached if hasattr(model, "decode_step") else greedy_decode
+        pred = decode(model, src, tgt.shape[1])
         hits.append(((pred == tgt) | (tgt == PAD)).all(dim=1).cpu())
     return torch.cat(hits)
 
@@ -165,3 +250,19 @@ class RNNSeq2Seq(nn.Module):
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.decode(tgt_in, self.encode(src))
+
+    def init_cache(self, state) -> dict:
+        """The decoder's recurrent state is all it needs to remember (for :func:`greedy_decode_cached`)."""
+        return {"state": state}
+
+    def decode_step(self, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        """Logits ``(batch, n, vocab)`` for the next ``n`` tokens; advances ``cache["state"]``."""
+        h, cache["state"] = self.decoder(self.embed(tokens), cache["state"])
+        return self.out(h)
+
+    def reorder_cache(self, cache: dict, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of the batch in ``cache`` (beam search)."""
+        dim = 1 if self.config.fused else 0  # fused states are (layers, batch, H)
+        state = cache["state"]
+        pick = lambda t: t.index_select(dim, index)  # noqa: E731
+        cache["state"] = tuple(pick(t) for t in state) if isinstance(state, tuple) else pick(state)

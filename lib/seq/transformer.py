@@ -5,7 +5,8 @@ cross-attention to the encoder output + feed-forward. Each sublayer is wrapped i
 connection and a LayerNorm, either after the sum (post-LN, the paper's ``LayerNorm(x + Sublayer(x))``)
 or before the sublayer (pre-LN, ``x + Sublayer(LayerNorm(x))``, Xiong et al., 2020). Training uses
 teacher forcing, the warm-up schedule of the paper (:func:`warmup_lr`) and optionally label smoothing
-(:class:`lib.seq.seq2seq.Seq2SeqLoss`); inference is greedy (:func:`greedy_decode`).
+(:class:`lib.seq.seq2seq.Seq2SeqLoss`); inference is greedy (:func:`greedy_decode`, or
+:func:`greedy_decode_cached` with a KV cache). ``tie_embeddings`` shares the embedding with the output layer.
 Chapter: "From RNNs to the Transformer" (``chapters/transformer.ipynb``).
 
 Glossary
@@ -25,9 +26,9 @@ import torch
 from torch import nn
 
 from lib.data.sequences import PAD
-from lib.nn.attention import MultiHeadAttention
+from lib.nn.attention import KVCache, MultiHeadAttention
 from lib.nn.positional import SinusoidalPositionalEncoding
-from lib.seq.seq2seq import greedy_decode  # noqa: F401 (part of this module's API)
+from lib.seq.seq2seq import beam_search, greedy_decode, greedy_decode_cached  # noqa: F401 (part of the API)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class TransformerConfig:
     """Pre-LN if True, the paper's post-LN if False."""
     max_len: int = 256
     """Rows of the positional-encoding table."""
+    tie_embeddings: bool = False
+    """Share one matrix between the token embedding and the output layer (Press & Wolf, 2017; the paper
+    does): ``logits = y E^T + b``, which saves ``vocab_size * d_model`` parameters."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -116,6 +120,15 @@ class DecoderLayer(nn.Module):
         y = self.res2(y, cross)
         return self.res3(y, self.ff)
 
+    def step(
+        self, y: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """:meth:`forward` for the next tokens ``y (B, n, d)`` only, given the self-attention ``cache`` of the
+        earlier ones and the cross-attention keys/values of the memory (projected once per sequence)."""
+        y = self.res1(y, lambda z: self.self_attn.forward_cached(z, cache))
+        y = self.res2(y, lambda z: self.cross_attn.attend(z, *cross_kv, keep)[0])
+        return self.res3(y, self.ff)
+
 
 class Transformer(nn.Module):
     """Encoder-decoder Transformer; ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, vocab)``.
@@ -138,11 +151,13 @@ class Transformer(nn.Module):
         self.enc_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.dec_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.out = nn.Linear(c.d_model, c.vocab_size)
+        if c.tie_embeddings:
+            self.out.weight = self.embed.weight  # one (vocab, d_model) Parameter, gradients from both uses add up
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 (batch, seq), got {tokens.dtype} {tuple(tokens.shape)}")
-        return self.drop(self.pos(self.embed(tokens) * math.sqrt(self.config.d_model)))
+        return self.drop(self.pos(self.embed(tokens) * math.sqrt(self.config.d_model), offset))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(memory (B, S, d_model), src_pad (B, S))``."""
@@ -165,12 +180,56 @@ class Transformer(nn.Module):
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.decode(tgt_in, self.encode(src))
 
+    def init_cache(self, state: tuple[torch.Tensor, torch.Tensor]) -> DecoderCache:
+        """An empty self-attention cache per decoder layer and the memory's keys/values for cross-attention."""
+        memory, src_pad = state
+        return DecoderCache(
+            self_attn=[KVCache() for _ in self.decoder],
+            cross=[layer.cross_attn.project_kv(memory, memory) for layer in self.decoder],
+            keep=~src_pad[:, None, None, :],  # (B, 1, 1, S): True where a key may be attended to
+        )
+
+    def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Logits ``(B, n, vocab)`` for the next ``n`` target tokens, given ``cache`` (updated in place).
+
+        Feeding ``tgt_in`` one token at a time gives the same logits as ``decode(tgt_in, state)``.
+        """
+        if not isinstance(cache, DecoderCache):
+            raise TypeError(f"cache must be a DecoderCache (from init_cache), got {type(cache).__name__}")
+        y = self._embed(tokens, offset=cache.length)  # positions continue where the cache ends
+        for layer, kv_cache, cross_kv in zip(self.decoder, cache.self_attn, cache.cross, strict=True):
+            y = layer.step(y, cross_kv, cache.keep, kv_cache)
+        return self.out(self.dec_norm(y))
+
+    def reorder_cache(self, cache: DecoderCache, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of the batch in ``cache`` (beam search: a hypothesis inherits its parent's keys)."""
+        for kv in cache.self_attn:
+            if kv.k is not None:
+                kv.k, kv.v = kv.k.index_select(0, index), kv.v.index_select(0, index)
+        cache.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache.cross]
+        cache.keep = cache.keep.index_select(0, index)
+
     @torch.no_grad()
     def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[torch.Tensor]:
         """Cross-attention weights of every decoder layer, each ``(B, h, T, S)``."""
         weights: list[torch.Tensor] = []
         self.decode(tgt_in, self.encode(src), weights)
         return weights
+
+
+@dataclass
+class DecoderCache:
+    """State of :meth:`Transformer.decode_step`: one :class:`~lib.nn.attention.KVCache` per decoder layer,
+    the memory's cross-attention keys/values ``(B, h, S, d_k)`` per layer, and the source padding mask."""
+
+    self_attn: list[KVCache]
+    cross: list[tuple[torch.Tensor, torch.Tensor]]
+    keep: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        """Target tokens decoded so far."""
+        return self.self_attn[0].length
 
 
 def warmup_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
@@ -194,16 +253,23 @@ def warmup_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_lr(step, d_model, warmup, scale))
 
 
-def layer_gradient_norms(model: Transformer, loss: torch.Tensor) -> dict[str, list[float]]:
-    """Backpropagate ``loss`` and return the gradient norm of each layer's parameters, input side first.
+def layer_gradient_norms(model: Transformer, loss: torch.Tensor, param: str | None = None) -> dict[str, list[float]]:
+    """Backpropagate ``loss`` and return each layer's gradient norm, input side first, per stack.
 
-    Used to compare post-LN and pre-LN at initialisation (Xiong et al., 2020). Clears the gradients after.
+    Args:
+        param: a parameter name inside a layer (e.g. ``"ff.3.weight"``, the feed-forward ``W_2`` that
+            Xiong et al., 2020, analyse); default: all of the layer's parameters together.
+
+    Used to compare post-LN and pre-LN at initialisation. Clears the gradients after.
     """
+    if param is not None and param not in dict(model.decoder[0].named_parameters()):
+        raise ValueError(f"param must name a parameter of a layer (e.g. 'ff.3.weight'), got {param!r}")
     model.zero_grad(set_to_none=True)
     loss.backward()
 
     def norm(module: nn.Module) -> float:
-        return float(torch.sqrt(sum((p.grad**2).sum() for p in module.parameters() if p.grad is not None)))
+        grads = [p.grad for n, p in module.named_parameters() if p.grad is not None and param in (None, n)]
+        return float(torch.sqrt(sum((g**2).sum() for g in grads)))
 
     out = {"encoder": [norm(m) for m in model.encoder], "decoder": [norm(m) for m in model.decoder]}
     model.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.nn.attention import MultiHeadAttention, attention_scores, scaled_dot_product_attention
+from lib.nn.attention import KVCache, MultiHeadAttention, attention_scores, scaled_dot_product_attention
 
 
 def _qkv(batch, L, S, E, Ev, seed, dtype=torch.float64):
@@ -167,3 +167,40 @@ def test_self_attention_is_permutation_equivariant():
     x = torch.randn(3, 10, 16, dtype=torch.float64)
     perm = torch.randperm(10)
     torch.testing.assert_close(mha(x, x, x)[:, perm], mha(x[:, perm], x[:, perm], x[:, perm]), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("chunks", [(1,) * 7, (3, 1, 3), (7,)])
+def test_kv_cache_matches_full_causal_self_attention(chunks):
+    # feeding the tokens in chunks through the cache gives the rows of one causal pass
+    torch.manual_seed(2)
+    mha = MultiHeadAttention(12, 3).double()
+    x = torch.randn(2, sum(chunks), 12, dtype=torch.float64)
+    full = mha(x, x, x, is_causal=True)
+    cache, outs, t = KVCache(), [], 0
+    for n in chunks:
+        outs.append(mha.forward_cached(x[:, t : t + n], cache))
+        t += n
+        assert cache.length == t and cache.k.shape == (2, 3, t, 4)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-12, rtol=0)
+
+
+def test_project_kv_and_attend_compose_to_forward():
+    torch.manual_seed(3)
+    mha = MultiHeadAttention(8, 2).double()
+    q, m = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
+    out, w = mha.attend(q, *mha.project_kv(m, m))
+    ref, w_ref = mha(q, m, m, need_weights=True)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+
+
+def test_kv_cache_errors():
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(TypeError, match="cache must be a KVCache"):
+        mha.forward_cached(torch.zeros(1, 1, 8), {})
+    with pytest.raises(ValueError, match="x must have shape"):
+        mha.forward_cached(torch.zeros(1, 1, 6), KVCache())
+    cache = KVCache()
+    cache.append(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="does not extend"):
+        cache.append(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))

@@ -48,8 +48,14 @@ def test_module_adds_table_and_checks_shape():
     m = SinusoidalPositionalEncoding(8, max_len=20)
     x = torch.zeros(2, 5, 8)
     torch.testing.assert_close(m(x)[1], sinusoidal_encoding(5, 8))
-    with pytest.raises(ValueError, match="T <= 20"):
+    with pytest.raises(ValueError, match="offset \\+ T <= 20"):
         m(torch.zeros(1, 21, 8))
+    # an offset continues the table: rows offset .. offset + T - 1 (cached decoding feeds one token at a time)
+    torch.testing.assert_close(m(torch.zeros(1, 3, 8), offset=4)[0], sinusoidal_encoding(7, 8)[4:])
+    with pytest.raises(ValueError, match="offset"):
+        m(torch.zeros(1, 3, 8), offset=18)
+    with pytest.raises(ValueError, match="offset must be"):
+        m(torch.zeros(1, 3, 8), offset=-1)
     assert "pe" not in m.state_dict()  # a buffer recomputed at construction, not a weight
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lib.seq.rnn import GRUCell, LSTMCell, Recurrent, RNNCell, make_cell, state_gradient_norms
+from lib.seq.rnn import GRUCell, LSTMCell, Recurrent, RNNCell, make_cell, scaled_orthogonal_, state_gradient_norms
 
 PAIRS = [(RNNCell, torch.nn.RNNCell), (LSTMCell, torch.nn.LSTMCell), (GRUCell, torch.nn.GRUCell)]
 
@@ -105,3 +105,18 @@ def test_bad_inputs():
         Recurrent(RNNCell(2, 2))(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="x must have shape"):
         state_gradient_norms(RNNCell(2, 2), torch.zeros(1, 3, 5))
+
+
+@pytest.mark.parametrize("rho", [0.8, 1.0, 1.25])
+def test_spectral_bound_is_tight_for_a_scaled_orthogonal_matrix(rho):
+    # zero input and biases: h stays 0, J = rho Q, ||dL/dh_{T-k}|| = rho^k exactly (vanishing, flat, exploding)
+    g = torch.Generator().manual_seed(0)
+    cell = scaled_orthogonal_(RNNCell(3, 10).double(), rho, generator=g)
+    W = cell.weight_hh.detach()
+    torch.testing.assert_close(W @ W.T, rho**2 * torch.eye(10, dtype=torch.float64))
+    norms = state_gradient_norms(cell, torch.zeros(4, 40, 3, dtype=torch.float64))
+    torch.testing.assert_close(norms, rho ** torch.arange(40, dtype=torch.float64), atol=0, rtol=1e-12)
+    with pytest.raises(TypeError, match="RNNCell"):
+        scaled_orthogonal_(LSTMCell(3, 10), rho)
+    with pytest.raises(ValueError, match="rho"):
+        scaled_orthogonal_(cell, -1.0)

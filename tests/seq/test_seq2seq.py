@@ -1,19 +1,23 @@
-"""lib/seq/seq2seq.py: label smoothing vs torch, greedy decoding, RNN encoder-decoder (fused == our cells)."""
+"""lib/seq/seq2seq.py: label smoothing vs torch, greedy and cached decoding, beam search, RNN encoder-decoder."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lib.data.sequences import EOS, PAD, SequenceTask, make_batch, sampler
+from lib.seq.bahdanau import AttentionRNNSeq2Seq, AttentionRNNSeq2SeqConfig
 from lib.seq.seq2seq import (
     RNNSeq2Seq,
     RNNSeq2SeqConfig,
     Seq2SeqLoss,
     accuracy_by_length,
+    beam_search,
     exact_match,
     greedy_decode,
     label_smoothed_cross_entropy,
+    pad_after_eos,
 )
+from lib.seq.transformer import Transformer, TransformerConfig
 from lib.train import train
 
 TASK = SequenceTask("reverse", n_symbols=5, min_len=2, max_len=6)
@@ -91,3 +95,50 @@ def test_rnn_smoke_training(cell):
     assert hist.metrics["loss"][-1] < 0.8 * hist.metrics["loss"][0]
     with pytest.raises(ValueError, match="cell"):
         RNNSeq2SeqConfig(10, "transformer")
+
+
+def _beam_models():
+    torch.manual_seed(0)
+    V = TASK.vocab_size
+    return {
+        "transformer": Transformer(TransformerConfig(V, d_model=16, n_heads=2, d_ff=16)).double(),
+        "lstm": RNNSeq2Seq(RNNSeq2SeqConfig(V, "lstm", d_embed=8, hidden_size=8)).double(),
+        "gru-ours": RNNSeq2Seq(RNNSeq2SeqConfig(V, "gru", d_embed=8, hidden_size=8, fused=False)).double(),
+        "lstm-attention": AttentionRNNSeq2Seq(AttentionRNNSeq2SeqConfig(V, d_embed=8, hidden_size=8)).double(),
+    }
+
+
+def _sequence_log_prob(model, src, tokens):
+    """Teacher-forced log-probability of ``tokens`` (B, n), summed up to and including the first EOS."""
+    tgt_in = torch.cat([torch.full_like(tokens[:, :1], 1), tokens[:, :-1]], dim=1)  # BOS y_1 .. y_{n-1}
+    log_p = torch.log_softmax(model(src, tgt_in), -1).gather(2, tokens[..., None]).squeeze(-1)  # (B, n)
+    is_eos = (tokens == EOS).long()
+    alive = (is_eos.cumsum(1) - is_eos) == 0  # up to and including the first EOS
+    return (log_p * alive).sum(1)
+
+
+@pytest.mark.parametrize("name", ["transformer", "lstm", "gru-ours", "lstm-attention"])
+def test_beam_search_is_greedy_at_width_one_and_exact_when_wide(name):
+    model = _beam_models()[name].eval()
+    b = make_batch(TASK, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(beam_search(model, b.src, 5, beam_size=1).tokens, greedy_decode(model, b.src, 5))
+    # exhaustive: every output of 3 tokens (canonical: PAD after the first EOS), best by log-probability
+    V, n = TASK.vocab_size, 3
+    grid = torch.cartesian_prod(*[torch.arange(V)] * n)  # (V^3, 3)
+    grid = torch.unique(pad_after_eos(grid), dim=0)
+    with torch.no_grad():
+        for i in range(3):
+            lp = _sequence_log_prob(model, b.src[i : i + 1].expand(len(grid), -1), grid)
+            res = beam_search(model, b.src[i : i + 1], n, beam_size=V ** (n - 1))
+            assert torch.equal(res.tokens[0], grid[lp.argmax()])
+            torch.testing.assert_close(res.log_prob[0].double(), lp.max(), atol=1e-5, rtol=0)
+            wide, narrow = res.log_prob[0], beam_search(model, b.src[i : i + 1], n, beam_size=2).log_prob[0]
+            assert wide >= narrow - 1e-6
+
+
+def test_beam_search_errors():
+    model = _beam_models()["lstm"]
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, torch.zeros(1, 3, dtype=torch.long), 3, beam_size=0)
+    with pytest.raises(TypeError, match="reorder_cache"):
+        beam_search(torch.nn.Linear(2, 2), torch.zeros(1, 3, dtype=torch.long), 3)
