@@ -14,6 +14,9 @@ and differ only in Psi_t and in what the critic learns (the ALGO LOGIC functions
     QAC                   Psi_t = Q_w(s_t, a_t)        Q_w learnt by expected-SARSA TD(0)
     A2C                   Psi_t = A_t (GAE)            V_w learnt on the lambda-return, bootstraps
 
+QACConfig's options give the chapter's "QAC + baseline" (Psi_t = Q_w - V_Q, V_Q = sum_a pi Q_w) and its
+ablations (a lambda-return critic, a slower actor, A2C's GAE weight on QAC's critic).
+
 Glossary: Psi_t = ``psi``; V_w = ``critic`` (ValueNet) or Q_w (QNet); steps = environment transitions
 summed over the N parallel environments.
 """
@@ -90,6 +93,13 @@ class A2CConfig(OnPolicyConfig):
 
     gae_lambda: float = 0.95
     """lambda of GAE: 0 = one-step TD error, 1 = n-step return to the end of the rollout."""
+    anneal_lr: bool = True
+    """On by default for A2C: a constant rate lets the solved policy drift away again (chapter study)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,26 @@ class QACConfig(OnPolicyConfig):
 
     normalize_advantages: bool = False
     """Off by default: standardising Q_w would subtract a batch-mean baseline (that is no longer QAC)."""
+    baseline: bool = False
+    """Psi_t = Q_w(s_t, a_t) - sum_a pi(a|s_t) Q_w(s_t, a), an advantage estimate ("QAC + baseline")."""
+    critic_lambda: float = 0.0
+    """lambda of the critic's target: 0 = expected-SARSA TD(0) (QAC proper); > 0 = the lambda-return
+    r_{t+1} + gamma ((1 - lambda) V_Q(s_{t+1}) + lambda G^lambda_{t+1}) of the rollout, V_Q = sum_a pi Q_w."""
+
+    actor_lambda: float | None = None
+    """None: Psi_t comes from Q_w (QAC). A float: Psi_t = GAE(actor_lambda) of the rewards with V_Q
+    (A2C's weight on QAC's critic; an ablation)."""
+    actor_lr_scale: float = 1.0
+    """The actor's learning rate is ``lr * actor_lr_scale`` (< 1: a slower actor, two time scales)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.critic_lambda <= 1.0:
+            raise ValueError(f"critic_lambda must be in [0, 1], got {self.critic_lambda!r}")
+        if self.actor_lambda is not None and not 0.0 <= self.actor_lambda <= 1.0:
+            raise ValueError(f"actor_lambda must be None or in [0, 1], got {self.actor_lambda!r}")
+        if self.actor_lr_scale <= 0:
+            raise ValueError(f"actor_lr_scale must be > 0, got {self.actor_lr_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,9 @@ class TrainResult:
     """Environment steps at each evaluation."""
     eval_returns: list[float] = field(default_factory=list)
     """Mean greedy return of each evaluation."""
+    eval_entropy: list[float | None] = field(default_factory=list)
+    """Mean entropy of pi(.|s) over the states of the latest batch, at each evaluation (nats; None
+    before the first update)."""
     episodes: list[tuple[int, float]] = field(default_factory=list)
     """(step, return) of every finished training episode (stochastic policy)."""
     steps: int = 0
@@ -129,6 +162,9 @@ class TrainResult:
     """Steps at the first evaluation reaching ``config.target_return`` (None if never or no target)."""
     seconds: float = 0.0
     """Wall time of training, evaluations included."""
+    stale_fraction: float | None = None
+    """REINFORCE only: fraction of the steps in its updates that an older policy sampled (see
+    :func:`reinforce_batch`); None for the methods that update on fresh rollouts only."""
 
 
 @dataclass
@@ -153,22 +189,41 @@ def a2c_batch(ro: Rollout, policy: nn.Module, critic: nn.Module, cfg: A2CConfig,
 
 
 def qac_batch(ro: Rollout, policy: nn.Module, critic: nn.Module, cfg: QACConfig, state: dict) -> Batch:
-    """QAC: Psi_t = Q_w(s_t, a_t); Q_w regresses on r + gamma sum_a' pi(a'|s') Q_w(s', a') (expected SARSA)."""
-    q_sa = critic(ro.obs).gather(-1, ro.actions.unsqueeze(-1)).squeeze(-1)  # (T, N)
+    """QAC: Psi_t = Q_w(s_t, a_t); Q_w regresses on r + gamma sum_a' pi(a'|s') Q_w(s', a') (expected SARSA).
+
+    ``cfg.baseline`` subtracts V_Q(s_t) = sum_a pi(a|s_t) Q_w(s_t, a) from Psi_t; ``cfg.critic_lambda > 0``
+    replaces the TD(0) target by the lambda-return (the ablation of the chapter's "critic lag").
+    """
+    Q = critic(ro.obs)  # (T, N, A)
+    q_sa = Q.gather(-1, ro.actions.unsqueeze(-1)).squeeze(-1)  # (T, N)
     with torch.no_grad():
+        V_Q = (policy(ro.obs).probs * Q).sum(-1)  # (T, N), V_Q(s_t) = sum_a pi(a|s_t) Q_w(s_t, a)
         V_next = (policy(ro.next_obs).probs * critic(ro.next_obs)).sum(-1)  # (T, N)
-        target = ro.rewards + cfg.gamma * (~ro.terminated).float() * V_next
+        # lambda = 0: A + V_Q = r + gamma (1 - terminated) V_next, the expected-SARSA target
+        target = gae(ro.rewards, V_Q, V_next, ro.terminated, ro.truncated, cfg.gamma, cfg.critic_lambda) + V_Q
     critic_loss = (q_sa - target).pow(2).mean()
-    return Batch(ro.obs.flatten(0, 1), ro.actions.flatten(0, 1), q_sa.detach().flatten(), critic_loss)
+    if cfg.actor_lambda is not None:  # A2C's Psi with V_Q as the state value
+        with torch.no_grad():
+            psi = gae(ro.rewards, V_Q, V_next, ro.terminated, ro.truncated, cfg.gamma, cfg.actor_lambda)
+    else:
+        psi = q_sa.detach() - V_Q if cfg.baseline else q_sa.detach()
+    return Batch(ro.obs.flatten(0, 1), ro.actions.flatten(0, 1), psi.flatten(), critic_loss)
 
 
 def reinforce_batch(ro: Rollout, policy: nn.Module, critic: nn.Module, cfg: ReinforceConfig, state: dict):
     """REINFORCE + baseline: Psi_t = G_t - V_w(s_t) on finished episodes; None until enough have finished.
 
     Steps of episodes still running at the end of a rollout wait in ``state`` for the next rollouts.
+    An episode that spans an update therefore enters the next update with steps sampled by an older
+    policy: those terms are slightly off-policy (their importance ratio pi_new / pi_old is not 1, and we
+    do not correct it). ``state["stale_steps"] / state["steps_used"]`` counts how many (the chapter
+    reports the fraction); dropping them instead would bias the updates towards short episodes.
     """
+    n_updates = state.get("n_updates", 0)
+    born = torch.full(ro.done.shape, n_updates)  # (T, N), updates made before these steps were sampled
     if "pending" in state:
         ro, used = state["pending"].cat(ro), torch.cat([state["used"], torch.zeros_like(ro.done)])
+        born = torch.cat([state["born"], born])
     else:
         used = torch.zeros_like(ro.done)
     with torch.no_grad():
@@ -177,11 +232,14 @@ def reinforce_batch(ro: Rollout, policy: nn.Module, critic: nn.Module, cfg: Rein
     valid = complete & ~used  # (T, N)
     need = cfg.episodes_per_update or cfg.num_envs
     if int((ro.done & valid).sum()) < need:
-        state["pending"], state["used"] = ro, used
+        state["pending"], state["used"], state["born"] = ro, used, born
         return None
+    state["n_updates"] = n_updates + 1
+    state["steps_used"] = state.get("steps_used", 0) + int(valid.sum())
+    state["stale_steps"] = state.get("stale_steps", 0) + int((valid & (born < n_updates)).sum())
     used = used | valid
     first = int((~used).any(1).int().argmax()) if (~used).any() else ro.done.shape[0]
-    state["pending"], state["used"] = ro[first:], used[first:]  # keep unfinished episodes only
+    state["pending"], state["used"], state["born"] = ro[first:], used[first:], born[first:]  # unfinished only
     V = critic(ro.obs[valid])  # (B,)
     critic_loss = (V - G[valid]).pow(2).mean()
     return Batch(ro.obs[valid], ro.actions[valid], G[valid] - V.detach(), critic_loss)
@@ -210,10 +268,18 @@ def _train(cfg: OnPolicyConfig, make_batch: Callable, critic_kind: str) -> Train
     else:
         critic = ValueNet(obs_dim, cfg.hidden)
     params = list(policy.parameters()) + list(critic.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+    scale = getattr(cfg, "actor_lr_scale", 1.0)  # QAC's two-time-scale option
+    groups = [
+        {"params": list(policy.parameters()), "scale": scale},
+        {"params": list(critic.parameters()), "scale": 1.0},
+    ]
+    for group in groups:
+        group["lr"] = cfg.lr * group["scale"]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=1e-5)
     collector = RolloutCollector(envs, policy, seed=cfg.seed)
     result = TrainResult(policy, critic, cfg, episodes=collector.episodes)
     state: dict = {}
+    last_obs = None
     t0, next_eval = time.perf_counter(), cfg.eval_every
     while collector.steps < cfg.total_steps:
         remaining = -(-(cfg.total_steps - collector.steps) // cfg.num_envs)  # ceil
@@ -221,22 +287,30 @@ def _train(cfg: OnPolicyConfig, make_batch: Callable, critic_kind: str) -> Train
         if batch is not None:
             if cfg.anneal_lr:
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * max(0.0, 1.0 - collector.steps / cfg.total_steps)
+                    group["lr"] = cfg.lr * group["scale"] * max(0.0, 1.0 - collector.steps / cfg.total_steps)
             loss = policy_gradient_loss(policy, batch, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             result.updates += 1
+            last_obs = batch.obs
         if collector.steps >= next_eval or collector.steps >= cfg.total_steps:
             next_eval += cfg.eval_every
             result.eval_steps.append(collector.steps)
             result.eval_returns.append(evaluate(policy, cfg.env_id, cfg.eval_episodes, seed=10_000 + cfg.seed))
+            if last_obs is not None:
+                with torch.no_grad():
+                    result.eval_entropy.append(float(policy(last_obs).entropy().mean()))
+            else:
+                result.eval_entropy.append(None)
             if cfg.target_return is not None and result.eval_returns[-1] >= cfg.target_return:
                 result.solved_at = collector.steps
                 break
     envs.close()
     result.steps, result.seconds = collector.steps, time.perf_counter() - t0
+    if state.get("steps_used"):
+        result.stale_fraction = state["stale_steps"] / state["steps_used"]
     return result
 
 

@@ -1,10 +1,11 @@
-"""The chapter's CartPole study: REINFORCE + baseline vs QAC vs A2C over seeds, one budget.
+"""The chapter's CartPole study: REINFORCE + baseline vs QAC vs A2C, and ablations, over seeds, one budget.
 
 Chapter: "Actor-critic, from the policy gradient theorem to A2C".
-Run: ``python -m lib.rl.study --seeds 0 1 2 --out results/rl/cartpole_study.json`` (9 runs, about
-6 minutes on the book's 2-core CPU, measured under load from other jobs). Each run trains for the full
-budget (no early stop) and records its evaluation curve; ``solved_at`` is the first evaluation whose
-20-episode greedy mean reaches ``target``.
+Run: ``python -m lib.rl.study --seeds 0 1 2 --workers 2 --out results/rl/cartpole_study.json`` (27 runs
+of 100,000 steps, 20 to 170 s each on one thread). Each run trains for the full budget (no early
+stop) and records its evaluation curve, the policy's entropy and the training returns; ``solved_at``
+is the first evaluation whose 20-episode greedy mean reaches ``target``, ``final_returns`` the 20
+returns of the final policy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import argparse
 import dataclasses
 import sys
 
-from lib.rl.actor_critic import A2CConfig, QACConfig, ReinforceConfig, train_a2c, train_qac, train_reinforce
+from lib.rl.actor_critic import (
+    A2CConfig,
+    OnPolicyConfig,
+    QACConfig,
+    ReinforceConfig,
+    train_a2c,
+    train_qac,
+    train_reinforce,
+)
+from lib.rl.evaluate import evaluate_returns
 from lib.utils import save_results
 
 TARGET = 475.0
@@ -37,6 +47,28 @@ PENDULUM_A2C = A2CConfig(
 """Gaussian-policy A2C on Pendulum-v1 (the bridge to DDPG; reported as measured, no bar)."""
 
 
+METHODS = (
+    "REINFORCE+baseline",
+    "REINFORCE+baseline, constant lr",
+    "QAC",
+    "QAC+baseline",
+    "QAC+baseline, lambda-critic",
+    "QAC+baseline, slow actor",
+    "QAC critic, GAE weight",
+    "A2C",
+    "A2C, constant lr",
+)
+"""The arms of the CartPole study. The ablations each change one field of another arm:
+"..., constant lr" turns off the learning-rate annealing that every other arm uses;
+"QAC+baseline, lambda-critic" trains QAC's critic on the lambda-return instead of the TD(0) target;
+"QAC+baseline, slow actor" gives the actor a learning rate 0.3 times the critic's (two time scales);
+"QAC critic, GAE weight" keeps QAC's critic but weights grad log pi by A2C's GAE computed with
+V_Q = sum_a pi Q_w, instead of by the critic's action differences Q_w(s, a) - V_Q(s)."""
+
+SLOW_ACTOR = 0.3
+"""Actor/critic learning-rate ratio of the "slow actor" arm."""
+
+
 def configs(seed: int, total_steps: int, env_id: str = "CartPole-v1") -> dict:
     """Method name -> (trainer, config) with the same shared fields as :data:`CARTPOLE_A2C`.
 
@@ -46,13 +78,21 @@ def configs(seed: int, total_steps: int, env_id: str = "CartPole-v1") -> dict:
         return {"A2C": (train_a2c, dataclasses.replace(PENDULUM_A2C, seed=seed, total_steps=total_steps))}
     if env_id != "CartPole-v1":
         raise ValueError(f"env_id must be 'CartPole-v1' or 'Pendulum-v1', got {env_id!r}")
-    common = {f.name: getattr(CARTPOLE_A2C, f.name) for f in dataclasses.fields(QACConfig)}
-    common.update(seed=seed, total_steps=total_steps)
+    common = {f.name: getattr(CARTPOLE_A2C, f.name) for f in dataclasses.fields(OnPolicyConfig)}
+    common.update(seed=seed, total_steps=total_steps)  # every method shares the lr schedule (annealed)
     common.pop("normalize_advantages")  # each method keeps its own default (QAC: off)
+    lam = CARTPOLE_A2C.gae_lambda
+    qac_b = QACConfig(**common, baseline=True, normalize_advantages=True)
     return {
         "REINFORCE+baseline": (train_reinforce, ReinforceConfig(**common)),
+        "REINFORCE+baseline, constant lr": (train_reinforce, ReinforceConfig(**{**common, "anneal_lr": False})),
         "QAC": (train_qac, QACConfig(**common)),
-        "A2C": (train_a2c, A2CConfig(**common, gae_lambda=CARTPOLE_A2C.gae_lambda)),
+        "QAC+baseline": (train_qac, qac_b),
+        "QAC+baseline, lambda-critic": (train_qac, dataclasses.replace(qac_b, critic_lambda=lam)),
+        "QAC+baseline, slow actor": (train_qac, dataclasses.replace(qac_b, actor_lr_scale=SLOW_ACTOR)),
+        "QAC critic, GAE weight": (train_qac, dataclasses.replace(qac_b, actor_lambda=lam)),
+        "A2C": (train_a2c, A2CConfig(**common, gae_lambda=lam)),
+        "A2C, constant lr": (train_a2c, A2CConfig(**{**common, "anneal_lr": False}, gae_lambda=lam)),
     }
 
 
@@ -66,39 +106,91 @@ def _binned(episodes: list[tuple[int, float]], edges: list[int]) -> list[float |
     return out
 
 
+def _run_one(name: str, seed: int, total_steps: int, env_id: str) -> dict:
+    """Train one (method, seed) of the study and summarise it (a worker of :func:`run_study`)."""
+    train, cfg = configs(seed, total_steps, env_id)[name]
+    target = TARGET if env_id == "CartPole-v1" else None
+    r = train(cfg)
+    hits = [s for s, v in zip(r.eval_steps, r.eval_returns, strict=True) if target is not None and v >= target]
+    final = evaluate_returns(r.policy, cfg.env_id, cfg.eval_episodes, seed=10_000 + seed)  # = last evaluation
+    print(
+        f"{name:28s} seed {seed}: solved_at={hits[0] if hits else None} final={final.mean():.1f} "
+        f"best={max(r.eval_returns):.1f} ({r.seconds:.0f} s)",
+        flush=True,
+    )
+    return {
+        "seed": seed,
+        "config": dataclasses.asdict(cfg),
+        "eval_steps": r.eval_steps,
+        "eval_returns": r.eval_returns,
+        "eval_entropy": r.eval_entropy,
+        "train_returns": _binned(r.episodes, r.eval_steps),
+        "solved_at": hits[0] if hits else None,
+        "final_eval": r.eval_returns[-1],
+        "final_returns": final.tolist(),
+        "best_eval": max(r.eval_returns),
+        "updates": r.updates,
+        "stale_fraction": r.stale_fraction,
+        "seconds": r.seconds,
+    }
+
+
 def run_study(
-    seeds: list[int], total_steps: int = 100_000, methods: list[str] | None = None, env_id: str = "CartPole-v1"
+    seeds: list[int],
+    total_steps: int = 100_000,
+    methods: list[str] | None = None,
+    env_id: str = "CartPole-v1",
+    workers: int = 1,
 ) -> dict:
-    """Train every method for every seed; returns a JSON-able dict of curves and summaries."""
+    """Train every method for every seed (``workers`` processes); returns a JSON-able dict of curves.
+
+    Each run seeds itself, so the results do not depend on ``workers``.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    names = list(configs(0, total_steps, env_id))
+    if methods:
+        unknown = sorted(set(methods) - set(names))
+        if unknown:
+            raise ValueError(f"methods must be among {names}, got unknown {unknown}")
+        names = [n for n in names if n in methods]
+    jobs = [(name, seed) for name in names for seed in seeds]
+    if workers == 1:
+        summaries = [_run_one(name, seed, total_steps, env_id) for name, seed in jobs]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, name, seed, total_steps, env_id) for name, seed in jobs]
+            summaries = [f.result() for f in futures]
     target = TARGET if env_id == "CartPole-v1" else None
     out: dict = {"env_id": env_id, "target": target, "total_steps": total_steps, "seeds": list(seeds), "runs": {}}
-    for seed in seeds:
-        for name, (train, cfg) in configs(seed, total_steps, env_id).items():
-            if methods and name not in methods:
-                continue
-            r = train(cfg)
-            hits = [s for s, v in zip(r.eval_steps, r.eval_returns, strict=True) if target is not None and v >= target]
-            solved = hits[0] if hits else None
-            out["runs"].setdefault(name, []).append(
-                {
-                    "seed": seed,
-                    "config": dataclasses.asdict(cfg),
-                    "eval_steps": r.eval_steps,
-                    "eval_returns": r.eval_returns,
-                    "train_returns": _binned(r.episodes, r.eval_steps),
-                    "solved_at": solved,
-                    "final_eval": r.eval_returns[-1],
-                    "best_eval": max(r.eval_returns),
-                    "updates": r.updates,
-                    "seconds": r.seconds,
-                }
-            )
-            print(
-                f"{name:20s} seed {seed}: solved_at={solved} final={r.eval_returns[-1]:.1f} "
-                f"best={max(r.eval_returns):.1f} ({r.seconds:.0f} s)",
-                flush=True,
-            )
+    for (name, _), summary in zip(jobs, summaries, strict=True):
+        out["runs"].setdefault(name, []).append(summary)
     return out
+
+
+def summarise(run: dict, target: float = TARGET) -> dict:
+    """Figures of one run of the study (a dict of :func:`run_study`'s ``runs`` lists).
+
+    ``final``: mean of the final policy's 20 returns; ``final_min``: its worst episode;
+    ``after_solve``: the evaluations after the first that reached ``target`` (empty if none did);
+    ``held``: the fraction of those that reached ``target`` again (None if the run never solved);
+    ``entropy_final``: the policy's entropy at the end (nats).
+    """
+    evals, steps = run["eval_returns"], run["eval_steps"]
+    after = [v for s, v in zip(steps, evals, strict=True) if run["solved_at"] is not None and s > run["solved_at"]]
+    return {
+        "solved_at": run["solved_at"],
+        "best": max(evals),
+        "final": sum(run["final_returns"]) / len(run["final_returns"]),
+        "final_min": min(run["final_returns"]),
+        "after_solve": after,
+        "held": (sum(v >= target for v in after) / len(after)) if after else None,
+        "entropy_final": run["eval_entropy"][-1],
+        "stale_fraction": run.get("stale_fraction"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--env", default="CartPole-v1", choices=["CartPole-v1", "Pendulum-v1"])
     parser.add_argument("--total-steps", type=int, default=None, help="default: 100000 (CartPole), 300000 (Pendulum)")
-    parser.add_argument("--methods", nargs="*", default=None, help="subset of REINFORCE+baseline, QAC, A2C")
+    parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {', '.join(METHODS)}")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (one run each)")
     parser.add_argument("--out", default="results/rl/cartpole_study.json")
     args = parser.parse_args(argv)
     steps = args.total_steps or (100_000 if args.env == "CartPole-v1" else PENDULUM_A2C.total_steps)
-    results = run_study(args.seeds, steps, args.methods, args.env)
+    results = run_study(args.seeds, steps, args.methods, args.env, args.workers)
     path = save_results(args.out, results, command="python -m lib.rl.study " + " ".join(argv or sys.argv[1:]))
     print(f"wrote {path}")
     return 0

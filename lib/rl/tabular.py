@@ -166,14 +166,20 @@ def gradient_estimates(
     baseline: torch.Tensor | None = None,
     lam: float = 1.0,
     values: torch.Tensor | None = None,
+    rollout: int | None = None,
 ) -> torch.Tensor:
     """One gradient estimate per episode, (M, S, A): g = sum_t gamma^t grad log pi(a_t|s_t) Psi_t.
 
     ``kind`` picks Psi_t (module glossary); ``baseline`` b (S,) is used by "baseline" (default: V);
-    ``lam`` and the critic ``values`` V_hat (S,) (default: the exact V) by "gae".
+    ``lam``, the critic ``values`` V_hat (S,) (default: the exact V) and ``rollout`` by "gae".
+    ``rollout`` = T cuts every episode into rollouts of T steps, as the deep agents do: GAE's sum stops
+    at the end of each rollout and bootstraps from V_hat(s) of the state where the next one starts
+    (None: the sum runs to the end of the episode).
     """
     if kind not in (*KINDS, "gae"):
         raise ValueError(f"kind must be one of {(*KINDS, 'gae')}, got {kind!r}")
+    if rollout is not None and (not isinstance(rollout, int) or rollout < 1):
+        raise ValueError(f"rollout must be a positive int or None, got {rollout!r}")
     H, M = ep.states.shape
     V, Q = (x.detach() for x in exact_values(mdp, theta))
     s = ep.states.clamp(max=mdp.S - 1)  # padded steps point at a real state; their weight is 0
@@ -204,15 +210,83 @@ def gradient_estimates(
         alive_next = torch.cat([alive[1:], torch.zeros(1, M, dtype=V_hat.dtype)])
         V_next = torch.cat([V_hat[s[1:]], torch.zeros(1, M, dtype=V_hat.dtype)]) * alive_next
         terminated = ep.alive & (alive_next == 0)  # the last step of each episode
-        psi = gae(ep.rewards, V_hat[s] * alive, V_next, terminated, torch.zeros_like(terminated), mdp.gamma, lam)
+        cut = torch.zeros_like(terminated)
+        if rollout is not None:  # the last step of every rollout that does not end the episode
+            cut[rollout - 1 :: rollout] = True
+            cut &= ep.alive & ~terminated
+        psi = gae(ep.rewards, V_hat[s] * alive, V_next, terminated, cut, mdp.gamma, lam)
     w = (mdp.gamma ** torch.arange(H, dtype=psi.dtype))[:, None] * psi * ep.alive  # (H, M)
+    return accumulate_scores(mdp, theta, ep, w)
+
+
+def accumulate_scores(mdp: TabularMDP, theta: torch.Tensor, ep: Episodes, w: torch.Tensor) -> torch.Tensor:
+    """Per-episode sums g = sum_t w_t grad_theta log pi(a_t|s_t), (M, S, A), for step weights w (H, M).
+
+    The weights carry everything else (gamma^t, Psi_t, importance ratios, the alive mask).
+    """
+    H, M = ep.states.shape
+    if tuple(w.shape) != (H, M):
+        raise ValueError(f"w must have shape {(H, M)} like ep.states, got {tuple(w.shape)}")
+    s = ep.states.clamp(max=mdp.S - 1)
     pi = softmax_policy(theta.detach())
     # grad_theta log pi(a|s) = e_s (e_a - pi(.|s))^T
-    score = torch.nn.functional.one_hot(ep.actions, mdp.A).to(psi.dtype) - pi[s]  # (H, M, A)
-    g = torch.zeros(M, mdp.S, mdp.A, dtype=psi.dtype)
+    score = torch.nn.functional.one_hot(ep.actions, mdp.A).to(w.dtype) - pi[s]  # (H, M, A)
+    g = torch.zeros(M, mdp.S, mdp.A, dtype=w.dtype)
     g.index_put_(
         (torch.arange(M).expand(H, M).reshape(-1), s.reshape(-1)),
         (w[..., None] * score).reshape(H * M, mdp.A),
         accumulate=True,
     )
     return g
+
+
+def score_sq_norm(theta: torch.Tensor) -> torch.Tensor:
+    """|grad_theta log pi(a|s)|^2 of the tabular softmax, (S, A): sum_b (1[a=b] - pi(b|s))^2."""
+    pi = softmax_policy(theta)
+    return 1.0 - 2.0 * pi + (pi**2).sum(-1, keepdim=True)
+
+
+def optimal_baseline(mdp: TabularMDP, theta: torch.Tensor) -> torch.Tensor:
+    """b*(s) = E_a[|grad log pi|^2 Q(s, a)] / E_a[|grad log pi|^2], a ~ pi(.|s); (S,).
+
+    The state baseline that minimises the variance of the one-step term grad log pi(a|s) (Q(s, a) - b(s))
+    given s (Greensmith et al. 2004; Peters & Schaal 2008): set the derivative in b of
+    E_a[|grad log pi|^2 (Q - b)^2] to zero. It weights Q(s, a) by pi(a|s) |grad log pi(a|s)|^2 instead of
+    V(s)'s pi(a|s), so rare actions (large score) count more.
+    """
+    _check_theta(mdp, theta)
+    _, Q = exact_values(mdp, theta)
+    w = softmax_policy(theta) * score_sq_norm(theta)  # (S, A)
+    return (w * Q).sum(-1) / w.sum(-1)
+
+
+def one_step_variance(mdp: TabularMDP, theta: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """Exact tr Cov over a ~ pi(.|s) of grad log pi(a|s) (Q(s, a) - b(s)), per state, (S,).
+
+    The one-step estimator with the exact Q; :func:`optimal_baseline` minimises it in every state.
+    """
+    _check_theta(mdp, theta)
+    if not torch.is_tensor(baseline) or tuple(baseline.shape) != (mdp.S,):
+        raise ValueError(f"baseline must be a tensor of shape {(mdp.S,)}")
+    pi, (_, Q) = softmax_policy(theta), exact_values(mdp, theta)
+    second = (pi * score_sq_norm(theta) * (Q - baseline[:, None]) ** 2).sum(-1)  # E|score (Q - b)|^2
+    score = torch.eye(mdp.A, dtype=theta.dtype)[None] - pi[:, None, :]  # (S, a, b): d log pi(a|s) / d theta_sb
+    mean = (pi[..., None] * score * Q[..., None]).sum(1)  # (S, A), the baseline term has mean 0
+    return second - (mean**2).sum(-1)
+
+
+def variance_optimal_baseline(mdp: TabularMDP, theta: torch.Tensor, ep: Episodes) -> torch.Tensor:
+    """The state baseline b (S,) that minimises the sample tr Cov of the "baseline" estimator on ``ep``.
+
+    The estimator is affine in b: g(b) = g(0) - sum_s b_s h_s with h_s = g(0) - g(e_s), so its total
+    variance is a quadratic in b, minimised by least squares on the centred per-episode vectors. Unlike
+    :func:`optimal_baseline` it accounts for the correlations between the steps of an episode.
+    """
+    zero = torch.zeros(mdp.S, dtype=mdp.P.dtype)
+    g0 = gradient_estimates(mdp, theta, ep, "baseline", baseline=zero).flatten(1)  # (M, S*A)
+    h = torch.stack(
+        [g0 - gradient_estimates(mdp, theta, ep, "baseline", baseline=e).flatten(1) for e in torch.eye(mdp.S)], -1
+    )  # (M, S*A, S)
+    y = (g0 - g0.mean(0)).reshape(-1)  # (M*S*A,)
+    X = (h - h.mean(0)).reshape(-1, mdp.S)  # (M*S*A, S)
+    return torch.linalg.lstsq(X, y[:, None]).solution[:, 0]

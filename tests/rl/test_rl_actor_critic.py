@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Categorical
 
+from lib.rl import tabular
 from lib.rl.actor_critic import (
     A2CConfig,
+    Batch,
     QACConfig,
     ReinforceConfig,
+    policy_gradient_loss,
+    qac_batch,
     train_a2c,
     train_qac,
     train_reinforce,
@@ -83,9 +88,17 @@ def test_policies_and_errors():
 def test_trainers_smoke(train, config):
     result = train(config)
     assert result.steps == config.total_steps and result.updates >= 1
-    assert len(result.eval_returns) == len(result.eval_steps) >= 1
+    assert len(result.eval_returns) == len(result.eval_steps)
+    assert len(result.eval_steps) >= 1
+    assert len(result.eval_entropy) == len(result.eval_steps)
     assert all(np.isfinite(result.eval_returns))
     assert all(torch.isfinite(p).all() for p in result.policy.parameters())
+
+
+def test_reinforce_counts_its_stale_steps():
+    r = train_reinforce(ReinforceConfig(total_steps=3_000, eval_every=3_000, eval_episodes=1, episodes_per_update=2))
+    assert r.stale_fraction is not None and 0.0 < r.stale_fraction < 1.0
+    assert train_a2c(A2CConfig(total_steps=256, eval_every=256, eval_episodes=1)).stale_fraction is None
 
 
 def test_trainer_errors():
@@ -97,6 +110,11 @@ def test_trainer_errors():
         A2CConfig(num_envs=0)
     with pytest.raises(ValueError, match="gamma"):
         A2CConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="gae_lambda"):
+        A2CConfig(gae_lambda=1.5)
+    with pytest.raises(ValueError, match="critic_lambda"):
+        QACConfig(critic_lambda=-0.1)
+    assert A2CConfig().anneal_lr and not QACConfig().anneal_lr  # annealing is A2C's default
 
 
 def test_reproducible_and_frames():
@@ -107,3 +125,98 @@ def test_reproducible_and_frames():
     assert a.episodes == b.episodes
     frames = episode_frames(a.policy, "CartPole-v1", seed=0, every=4, max_frames=3)
     assert len(frames) == 3 and frames[0].shape == (400, 600, 3) and frames[0].dtype == np.uint8
+
+
+class TabularSoftmax(torch.nn.Module):
+    """pi(a|s) = softmax(theta[s]) on one-hot states: the tabular policy as a network for the loss."""
+
+    def __init__(self, theta):
+        super().__init__()
+        self.theta = torch.nn.Parameter(theta.clone())
+
+    def forward(self, obs):
+        return Categorical(logits=obs @ self.theta)
+
+
+MDP = tabular.small_mdp()
+THETA = torch.tensor([[0.3, -0.2], [0.5, 0.1], [-0.4, 0.2]], dtype=torch.float64)
+PLAIN = A2CConfig(normalize_advantages=False, ent_coef=0.0)
+
+
+def _loss_grad(batch, cfg=PLAIN, theta=THETA):
+    policy = TabularSoftmax(theta)
+    policy_gradient_loss(policy, batch, cfg).backward()
+    return policy.theta.grad
+
+
+def test_policy_gradient_loss_gives_the_exact_gradient():
+    # one row per (s, a) with Psi = S A d(s) pi(a|s) Q(s, a): -grad of the mean is sum_sa d pi Q grad log pi
+    S, A = MDP.S, MDP.A
+    s, a = torch.arange(S).repeat_interleave(A), torch.arange(A).repeat(S)
+    _, Q = tabular.exact_values(MDP, THETA)
+    d, pi = tabular.discounted_visitation(MDP, THETA), tabular.softmax_policy(THETA)
+    obs = torch.eye(S, dtype=torch.float64)[s]
+    batch = Batch(obs, a, S * A * d[s] * pi[s, a] * Q[s, a], torch.zeros((), dtype=torch.float64))
+    torch.testing.assert_close(-_loss_grad(batch), tabular.policy_gradient(MDP, THETA))
+
+
+def test_policy_gradient_loss_matches_the_sampled_estimator_step_for_step():
+    # the deep loss on the steps of M episodes, Psi_t = gamma^t (G_t - V(s_t)), is M / B times the mean of
+    # the tabular "baseline" estimator, which the tabular tests show unbiased
+    ep = tabular.sample_episodes(MDP, THETA, 300, seed=0)
+    expected = tabular.gradient_estimates(MDP, THETA, ep, "baseline").mean(0)
+    V, _ = tabular.exact_values(MDP, THETA)
+    H, M = ep.states.shape
+    G = torch.zeros_like(ep.rewards)
+    running = torch.zeros(M, dtype=torch.float64)
+    for t in reversed(range(H)):
+        running = ep.rewards[t] + MDP.gamma * running
+        G[t] = running
+    s = ep.states.clamp(max=MDP.S - 1)
+    psi = (MDP.gamma ** torch.arange(H, dtype=torch.float64))[:, None] * (G - V[s])
+    alive = ep.alive
+    B = int(alive.sum())
+    batch = Batch(torch.eye(MDP.S, dtype=torch.float64)[s[alive]], ep.actions[alive], psi[alive], torch.zeros(()))
+    torch.testing.assert_close(-_loss_grad(batch) * B / M, expected)
+
+
+def test_policy_gradient_loss_entropy_and_normalisation():
+    g = torch.Generator().manual_seed(1)
+    obs = torch.eye(3, dtype=torch.float64)[torch.randint(0, 3, (10,), generator=g)]
+    a = torch.randint(0, 2, (10,), generator=g)
+    psi = torch.randn(10, generator=g, dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    # the entropy bonus: -grad of -c mean H is c grad mean H, and dH/dtheta_sa = -pi (log pi + H) (per row)
+    grad_ent = _loss_grad(Batch(obs, a, torch.zeros(10, dtype=torch.float64), zero), A2CConfig(ent_coef=0.1))
+    pi = tabular.softmax_policy(THETA)
+    H = -(pi * pi.log()).sum(-1, keepdim=True)
+    dH = -pi * (pi.log() + H)  # (S, A)
+    torch.testing.assert_close(-grad_ent, 0.1 * obs.sum(0)[:, None] * dH / 10)
+    # standardising Psi is the same as passing the standardised Psi
+    z = (psi - psi.mean()) / (psi.std() + 1e-8)
+    torch.testing.assert_close(
+        _loss_grad(Batch(obs, a, psi, zero), A2CConfig(ent_coef=0.0)), _loss_grad(Batch(obs, a, z, zero))
+    )
+
+
+def test_qac_batch_targets_and_baseline():
+    envs = make_vector_env("CartPole-v1", 3)
+    seed_policy = CategoricalPolicy(4, 2)
+    ro = RolloutCollector(envs, seed_policy, seed=0).collect(30)
+    envs.close()
+    from lib.rl.networks import QNet
+
+    torch.manual_seed(0)
+    critic = QNet(4, 2)
+    plain = qac_batch(ro, seed_policy, critic, QACConfig(), {})
+    with torch.no_grad():
+        q_sa = critic(ro.obs).gather(-1, ro.actions.unsqueeze(-1)).squeeze(-1)
+        V_next = (seed_policy(ro.next_obs).probs * critic(ro.next_obs)).sum(-1)
+        target = ro.rewards + 0.99 * (~ro.terminated).float() * V_next  # expected SARSA, by hand
+        V_Q = (seed_policy(ro.obs).probs * critic(ro.obs)).sum(-1)
+    torch.testing.assert_close(plain.critic_loss, (q_sa - target).pow(2).mean())
+    torch.testing.assert_close(plain.psi, q_sa.flatten())
+    based = qac_batch(ro, seed_policy, critic, QACConfig(baseline=True), {})
+    torch.testing.assert_close(based.psi, (q_sa - V_Q).flatten())
+    lam = qac_batch(ro, seed_policy, critic, QACConfig(critic_lambda=0.9), {})
+    assert not torch.allclose(lam.critic_loss, plain.critic_loss)  # the lambda-return is another target

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lib.rl.study import configs, main
+from lib.rl.study import METHODS, configs, main, run_study, summarise
 from lib.utils import load_results
 
 
@@ -13,13 +13,53 @@ def test_study_command_smoke(tmp_path):
     run = payload["results"]["runs"]["A2C"][0]
     assert run["eval_steps"][-1] == 256 and "command" in payload["provenance"]
     assert len(run["train_returns"]) == len(run["eval_steps"])
+    assert len(run["final_returns"]) == 20
+    assert sum(run["final_returns"]) / 20 == pytest.approx(run["final_eval"])  # the same 20 episodes
+
+
+@pytest.mark.slow  # two spawned worker processes import torch and gymnasium
+def test_workers_do_not_change_the_results():
+    kwargs = {"total_steps": 128, "methods": ["QAC+baseline"]}
+    one, two = run_study([0, 1], workers=1, **kwargs), run_study([0, 1], workers=2, **kwargs)
+    for name in kwargs["methods"]:
+        for a, b in zip(one["runs"][name], two["runs"][name], strict=True):
+            assert a["eval_returns"] == b["eval_returns"] and a["final_returns"] == b["final_returns"]
+    with pytest.raises(ValueError, match="methods"):
+        run_study([0], total_steps=256, methods=["PPO"])
+    with pytest.raises(ValueError, match="workers"):
+        run_study([0], total_steps=256, workers=0)
 
 
 def test_methods_share_the_common_fields():
     cfgs = {name: cfg for name, (_, cfg) in configs(seed=1, total_steps=5000).items()}
-    assert set(cfgs) == {"REINFORCE+baseline", "QAC", "A2C"}
-    for field in ("num_envs", "n_steps", "lr", "gamma", "hidden", "total_steps", "seed"):
+    assert tuple(cfgs) == METHODS
+    for field in ("num_envs", "n_steps", "lr", "gamma", "hidden", "total_steps", "seed", "max_grad_norm"):
         assert len({getattr(c, field) for c in cfgs.values()}) == 1, field
+    # each ablation differs from its reference arm in exactly the field it names
+    for arm, ref, field in (
+        ("QAC+baseline, lambda-critic", "QAC+baseline", "critic_lambda"),
+        ("QAC+baseline, slow actor", "QAC+baseline", "actor_lr_scale"),
+        ("QAC critic, GAE weight", "QAC+baseline", "actor_lambda"),
+        ("A2C, constant lr", "A2C", "anneal_lr"),
+        ("REINFORCE+baseline, constant lr", "REINFORCE+baseline", "anneal_lr"),
+    ):
+        a, b = vars(cfgs[arm]), vars(cfgs[ref])
+        assert [k for k in a if a[k] != b[k]] == [field], arm
     assert set(configs(0, 1000, "Pendulum-v1")) == {"A2C"}
     with pytest.raises(ValueError, match="env_id"):
         configs(0, 1000, "MountainCar-v0")
+
+
+def test_summarise_a_hand_made_run():
+    run = {
+        "eval_steps": [10, 20, 30, 40],
+        "eval_returns": [100.0, 480.0, 300.0, 490.0],
+        "eval_entropy": [0.7, 0.6, 0.5, 0.4],
+        "solved_at": 20,
+        "final_returns": [500.0, 480.0],
+    }
+    s = summarise(run, target=475.0)
+    assert s["after_solve"] == [300.0, 490.0] and s["held"] == 0.5
+    assert s["final"] == 490.0 and s["final_min"] == 480.0 and s["best"] == 490.0 and s["entropy_final"] == 0.4
+    never = summarise({**run, "solved_at": None}, target=475.0)
+    assert never["after_solve"] == [] and never["held"] is None
