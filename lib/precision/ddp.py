@@ -6,9 +6,13 @@ gradients during ``backward`` and divides by ``W``; with equal shards of a mean 
     (1/W) sum_r grad( (1/n) sum_{i in shard r} l_i ) = grad( (1/(W n)) sum_i l_i ),
 
 the full-batch gradient, so every replica applies the same update and stays identical. With FP16
-loss scaling, an inf on one rank becomes inf on every rank after the all-reduce, so all ranks skip the
-step and back off together (``torch.amp.GradScaler`` and :class:`~lib.precision.master.MasterWeightStep`
-also all-reduce their overflow flag): the loss scale must agree, or the replicas would diverge.
+loss scaling the loss scale must agree across ranks, or the replicas would diverge. Under DDP it does
+without any extra communication: an inf on one rank becomes inf on every rank in the gradient
+all-reduce, so every rank's ``torch.amp.GradScaler`` sees the same gradients, skips the same steps and
+backs off together (``GradScaler`` itself does not communicate). Where ranks hold *different*
+gradients (sharded training: FSDP, ZeRO), the overflow flag itself must be all-reduced, as FSDP's
+``ShardedGradScaler`` does, and as :class:`~lib.precision.master.MasterWeightStep` does when a process
+group is initialised (a hand-written step cannot assume it runs under DDP).
 
 Run on a machine with GPUs (one process per GPU; NCCL on CUDA, gloo on CPU)::
 

@@ -1,7 +1,7 @@
-"""The chapter's experiment: one small classifier on the digits, trained in four precisions.
+"""The chapter's experiment: one small classifier on the digits, trained in several precisions.
 
-All runs start from the same FP32 initialisation, see the same full-batch data and use the same
-optimizer and hyper-parameters; only the number formats differ:
+All runs of one comparison start from the same FP32 initialisation, see the same full-batch data and
+use the same optimizer and hyper-parameters; only the number formats differ (:data:`MODES`):
 
 ``"fp32"``         FP32 everywhere (the reference);
 ``"fp16"``         pure FP16: parameters, activations, gradients, loss, optimizer state and update in
@@ -9,14 +9,21 @@ optimizer and hyper-parameters; only the number formats differ:
 ``"fp16_master"``  the same FP16 forward/backward, plus dynamic loss scaling and FP32 master weights
                    (:class:`~lib.precision.master.MasterWeightStep`);
 ``"bf16"``         FP32 parameters with ``torch.autocast(dtype=torch.bfloat16)`` (no scaler);
-``"fp16_master_unscaled"``  ablation: FP32 master weights but no loss scaling (``S = 1``).
+``"fp16_master_unscaled"``  ablation: FP32 master weights but no loss scaling (``S = 1``);
+``"fp8"``          FP32 parameters, every linear layer's product with FP8-rounded operands (E4M3 forward,
+                   E5M2 output gradients) and delayed per-tensor scaling (:mod:`lib.precision.fp8`);
+``"fp8_unscaled"`` ablation: the same FP8 rounding without scaling (``s = 1``).
+
+The ablations of the chapter change the configuration, not the mode: Adam's ``eps``, SGD instead of
+Adam, a small ``loss_weight`` (gradients in the underflow zone), fine-tuning at a small learning rate
+(updates in the swamping zone). :mod:`lib.precision.study` runs all of them over several seeds.
 
 Every run goes through :func:`lib.train.train`. Chapter: "Mixed precision training".
 
 Glossary
 --------
 N            number of training images (full-batch gradient descent: the mean loss over all N)
-final_loss   FP32 cross-entropy of the final weights on the whole training set
+final_loss   FP32 cross-entropy of the final weights on the whole training set (without loss_weight)
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ from lib.train import History, train
 from lib.utils import seed_everything
 
 MODES = ("fp32", "fp16", "fp16_master", "bf16", "fp16_master_unscaled")
+"""The five modes of the chapter's main comparison."""
+FP8_MODES = ("fp8", "fp8_unscaled")
+"""The emulated FP8 modes (slower on a CPU: every product rounds its operands)."""
 
 
 @dataclass(frozen=True)
 class DigitsRunConfig:
-    """Hyper-parameters shared by the four runs."""
+    """Hyper-parameters shared by the runs of one comparison."""
 
     hidden: int = 64
     """Width of the hidden layers."""
@@ -45,14 +55,21 @@ class DigitsRunConfig:
     steps: int = 200
     """Full-batch gradient steps (Adam: one step = one update of all weights)."""
     optimizer: str = "adam"
-    """``"adam"`` (torch defaults: betas (0.9, 0.999), eps 1e-8) or ``"sgd"`` (momentum 0.9)."""
+    """``"adam"`` (betas (0.9, 0.999)) or ``"sgd"`` (with ``momentum``)."""
     lr: float = 1e-3
     """Learning rate."""
+    eps: float = 1e-8
+    """Adam's epsilon (torch's default 1e-8 rounds to 0 in FP16; the chapter's ablation uses 1e-4)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    loss_weight: float = 1.0
+    """Multiplies the loss (and so every gradient). A small weight, like the mean over millions of
+    elements of a large model's loss, pushes the gradients into FP16's underflow zone."""
     init_scale: float = 2.0**16
     """Initial loss scale of the ``fp16_master`` run."""
     growth_interval: int = 100
     """Finite steps before the loss scale doubles (GradScaler's default is 2000; ours is short so the
-    chapter's 300 steps show growth)."""
+    chapter's 200 steps show growth)."""
     seed: int = 0
     """Seed of the initialisation."""
 
@@ -108,44 +125,63 @@ class PrecisionRun:
     """The trained model (FP16 parameters for the FP16 runs)."""
     skipped_steps: int = 0
     """Steps skipped by the loss scaler (``fp16_master``)."""
+    optimizer: torch.optim.Optimizer | None = None
+    """The optimizer (over the FP32 masters for the ``fp16_master*`` modes), for inspecting its state."""
 
 
-def train_digits(mode: str, x: torch.Tensor, y: torch.Tensor, cfg: DigitsRunConfig | None = None) -> PrecisionRun:
+def train_digits(
+    mode: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DigitsRunConfig | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+) -> PrecisionRun:
     """Train :func:`make_mlp` full-batch on ``(x, y)`` in precision ``mode`` (one of :data:`MODES`).
 
     Args:
-        mode: ``"fp32"``, ``"fp16"``, ``"fp16_master"``, ``"bf16"`` or ``"fp16_master_unscaled"``.
+        mode: one of :data:`MODES` or :data:`FP8_MODES`.
         x: images ``(N, 1, 8, 8)`` float32; y: labels ``(N,)`` int64.
         cfg: hyper-parameters (default :class:`DigitsRunConfig`).
+        init: FP32 ``state_dict`` to start from (fine-tuning) instead of the seeded initialisation.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in MODES + FP8_MODES:
+        raise ValueError(f"mode must be one of {MODES + FP8_MODES}, got {mode!r}")
     if x.ndim != 4 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x must be (N, 1, 8, 8) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     cfg = cfg or DigitsRunConfig()
     model = make_mlp(cfg)
+    if init is not None:
+        model.load_state_dict(init)
+    if not cfg.loss_weight > 0:
+        raise ValueError(f"cfg.loss_weight must be > 0, got {cfg.loss_weight!r}")
     if cfg.optimizer == "adam":
-        opt = lambda params: torch.optim.Adam(params, lr=cfg.lr)
+        opt = lambda params: torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
     elif cfg.optimizer == "sgd":
-        opt = lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+        opt = lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     else:
         raise ValueError(f"cfg.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
     kwargs: dict = {}
     scaler = None
     if mode.startswith("fp16"):
         model = model.half()
+    if mode.startswith("fp8"):
+        from lib.precision.fp8 import to_fp8
+
+        to_fp8(model, "delayed" if mode == "fp8" else "none")
     if mode == "fp16_master":
         scaler = DynamicLossScaler(cfg.init_scale, growth_interval=cfg.growth_interval)
     if mode.startswith("fp16_master"):
         kwargs["step_fn"] = MasterWeightStep(model, opt, scaler)
+        optimizer = kwargs["step_fn"].optimizer
     else:
-        kwargs["optimizer"] = opt(model.parameters())
+        optimizer = kwargs["optimizer"] = opt(model.parameters())
     if mode == "bf16":
         kwargs["autocast_dtype"] = torch.bfloat16
-    hist = train(model, cross_entropy, [(x, y)], cfg.steps, stop_on_nan=True, desc=mode, **kwargs)
-    return PrecisionRun(
-        mode, hist, full_loss(model, x, y), model, skipped_steps=scaler.skipped_steps if scaler is not None else 0
-    )
+    w = cfg.loss_weight
+    loss_fn = cross_entropy if w == 1.0 else lambda m, b: w * cross_entropy(m, b)
+    hist = train(model, loss_fn, [(x, y)], cfg.steps, stop_on_nan=True, desc=mode, **kwargs)
+    skipped = scaler.skipped_steps if scaler is not None else 0
+    return PrecisionRun(mode, hist, full_loss(model, x, y), model, skipped_steps=skipped, optimizer=optimizer)
 
 
 @dataclass(frozen=True)

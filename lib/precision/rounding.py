@@ -96,3 +96,45 @@ def round_to_fp16(x: torch.Tensor) -> torch.Tensor:
     sub = (f_h.to(torch.float32) * 2.0**-24) * torch.where(s == 1, -1.0, 1.0)  # exact: f_h < 2**10
     result = torch.where(e_h == 0, sub, result)
     return result.reshape(x.shape)
+
+
+def round_to_format(x: torch.Tensor, fmt, saturate: bool | None = None) -> torch.Tensor:
+    """Round a float32 tensor to the nearest value of any binary format (ties to even); returns float32.
+
+    An emulation by exact arithmetic, for formats torch may not store (FP8, or any ``FloatFormat``):
+    with ``e = max(floor(log2 |x|), 1 - b)`` the values of the format near ``x`` are the multiples of the
+    quantum ``2**(e - M)``, so ``x`` rounds to ``round_half_even(x / quantum) * quantum``. In float64,
+    ``x / quantum`` is exact (a power-of-two division of a 24-bit significand), and a carry into the next
+    binade lands on ``2**(e+1)``, which is representable. Subnormals share the quantum of the lowest binade.
+
+    Args:
+        x: float32 tensor.
+        fmt: a ``torch.dtype``, a format name or a :class:`~lib.precision.formats.FloatFormat`.
+        saturate: overflow (``|x|`` past the largest finite value after rounding) goes to ``±max``
+            when ``True`` and to ``±inf`` when ``False``. Default: what torch's cast does, ``±inf`` for
+            formats with infinities and ``±max`` for ``float8_e4m3fn`` (which has none; torch's cast
+            saturates, infinite inputs included).
+
+    Bit-exact with torch's casts to ``float16``, ``bfloat16``, ``float8_e4m3fn`` and ``float8_e5m2``
+    (``x.to(dtype).float()``) for every non-NaN input; NaN stays NaN.
+    """
+    from lib.precision.formats import float_info
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"x must be a float32 tensor, got {x.dtype}")
+    info = float_info(fmt)
+    if saturate is None:
+        saturate = not info.has_inf
+    xd = x.double()
+    a = xd.abs()
+    finite_nz = torch.isfinite(a) & (a > 0)
+    e = torch.floor(torch.log2(torch.where(finite_nz, a, torch.ones_like(a))))
+    e = torch.clamp(e, min=1 - info.bias)  # subnormals share the lowest binade's quantum
+    quantum = torch.exp2(e - info.mantissa_bits)
+    r = torch.round(xd / quantum) * quantum  # torch.round: half to even
+    r = torch.where(finite_nz, r, xd)  # zeros (signed), infinities and NaN pass through
+    over = r.abs() > info.max
+    r = torch.where(over, torch.sign(r) * (info.max if saturate else float("inf")), r)
+    return r.float()

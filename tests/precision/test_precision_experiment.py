@@ -38,7 +38,7 @@ def test_sgd_runs_and_bad_mode(data):
     r = train_digits("fp16_master", x, y, DigitsRunConfig(hidden=16, steps=3, optimizer="sgd", lr=0.1))
     assert len(r.history.metrics["loss_scale"]) == 3
     with pytest.raises(ValueError, match="mode"):
-        train_digits("fp8", x, y)
+        train_digits("fp4", x, y)
     with pytest.raises(ValueError, match="optimizer"):
         train_digits("fp32", x, y, DigitsRunConfig(steps=1, optimizer="lion"))
     with pytest.raises(ValueError, match="x must be"):
@@ -56,3 +56,17 @@ def test_gradient_sample_and_underflow(data):
     assert underflow_fraction(g, torch.bfloat16) == 0.0
     with pytest.raises(TypeError, match="g must be"):
         underflow_fraction(torch.tensor([1, 2]))
+
+
+def test_loss_weight_init_and_optimizer(data):
+    x, y = data
+    cfg = DigitsRunConfig(hidden=16, steps=3, lr=1e-2)
+    a = train_digits("fp32", x, y, cfg)
+    b = train_digits("fp32", x, y, DigitsRunConfig(hidden=16, steps=3, lr=1e-2, loss_weight=2.0**-4))
+    assert b.history.metrics["loss"][0] == a.history.metrics["loss"][0] * 2.0**-4  # the logged loss is weighted
+    assert isinstance(a.optimizer, torch.optim.Adam) and a.optimizer.defaults["eps"] == 1e-8
+    c = train_digits("fp32", x, y, DigitsRunConfig(hidden=16, steps=1, lr=0.0), init=a.model.state_dict())
+    assert c.final_loss == pytest.approx(a.final_loss, rel=1e-6)  # lr 0: the initial state is a's final one
+    assert train_digits("fp8", x, y, DigitsRunConfig(hidden=16, steps=2)).history.steps == [0, 1]
+    with pytest.raises(ValueError, match="loss_weight"):
+        train_digits("fp32", x, y, DigitsRunConfig(loss_weight=0.0))
