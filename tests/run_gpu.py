@@ -3,7 +3,10 @@
 On a CUDA machine, in order, each step in its own process with a hard time limit, the whole under
 ``--budget`` seconds (default 450, inside the 8 minutes the book allows for it):
 
-1. the CUDA-only tests, ``tests/**/test_*_cuda.py`` (each skips cleanly without CUDA);
+1. the CUDA-only tests, ``tests/**/test_*_cuda.py`` (each skips cleanly without CUDA), as one pytest process per
+   shard of :data:`CUDA_TEST_SHARDS`, the shards in parallel: most of their time is Triton compiling kernels,
+   single-threaded CPU work, and a GPU machine has cores to spare (the FlashAttention tests compile about 75
+   kernels, most of them the large backward kernel: minutes in one process, about 12 compilations per shard);
 2. the FlashAttention benchmark, ``python -m lib.flash.bench`` -> ``results/flash/bench_cuda.json`` (headline
    configuration first: FP16, d = 128, N = 4096 and 8192);
 3. the mixed-precision benchmark, ``python -m lib.precision.bench`` -> ``results/precision/bench_cuda.json``;
@@ -15,8 +18,8 @@ command, git commit) after every configuration, so a step cut short by its time 
 rows. A summary table closes the run. Commit the results files and run ``make execute`` to show them in the book.
 
 ``--dry`` (``make gpu DRY=1``) runs the same steps on the CPU at tiny sizes (Triton through its interpreter),
-writing into a temporary folder instead of ``results/``: a check, in seconds, that the GPU run will not fail on
-a typo. ``make test`` runs it. This file lives in ``tests/`` next to ``run_all.py`` because, like it, it is an
+writing into a temporary folder instead of ``results/``: a check, in a minute or two, that the GPU run will not
+fail on a typo. ``make test`` runs it. This file lives in ``tests/`` next to ``run_all.py`` because, like it, it is an
 orchestrator of test and measurement commands, not library code.
 """
 
@@ -43,6 +46,22 @@ pick the index that matches the driver). The explicit local version ``+cu128`` m
 already satisfied by ``2.13.0+cpu``."""
 
 
+CUDA_TEST_SHARDS = (
+    "fp16 and d64",
+    "bf16 and d64",
+    "fp16 and d128 and causal",
+    "fp16 and d128 and not causal",
+    "bf16 and d128 and causal",
+    "bf16 and d128 and not causal",
+    "not ((fp16 or bf16) and (d64 or d128))",
+)
+"""``pytest -k`` expressions that partition the CUDA tests (the last is the complement of the others, so every test
+runs exactly once), on the test ids' ``fp16``/``bf16``, ``d64``/``d128`` and ``causal``, so that the processes compile
+disjoint sets of kernels (``d = 128`` has two candidates per kernel, hence twice the kernels, split by masking).
+Each compiled kernel lands in Triton's on-disk cache, where the benchmark step finds the same kernels (they do not
+specialise on the head count or the lengths)."""
+
+
 @dataclass
 class Step:
     """One command of the run."""
@@ -56,6 +75,8 @@ class Step:
     status: str = "not run"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    shards: list[list[str]] = field(default_factory=list)
+    """Commands run in parallel instead of ``cmd`` (each a shard of the step), when not empty."""
 
 
 def cuda_tests() -> list[str]:
@@ -88,7 +109,8 @@ def check_environment(dry: bool) -> str | None:
 def plan(dry: bool, budget: float, out_dir: Path) -> list[Step]:
     """The steps and their time limits (within ``budget`` seconds in all)."""
     tests = cuda_tests()
-    steps = [Step("CUDA tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests], 0.35 * budget)]
+    pytest = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests]
+    steps = [Step("CUDA tests", pytest, 0.35 * budget, shards=[[*pytest, "-k", k] for k in CUDA_TEST_SHARDS])]
 
     def res(chapter: str, name: str) -> Path:
         return out_dir / chapter / name
@@ -126,10 +148,48 @@ def plan(dry: bool, budget: float, out_dir: Path) -> list[Step]:
     return steps
 
 
+def _run_shards(step: Step, env: dict[str, str], limit: float, dry: bool) -> str:
+    """Run ``step.shards`` in parallel, each in its own process group with its output in a log file; kill what is
+    still running after ``limit`` seconds; print the logs in order; return the step's status."""
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="book-gpu-shards-") as tmp:
+        for i, cmd in enumerate(step.shards):
+            log = open(Path(tmp) / f"shard{i}.log", "w+")  # noqa: SIM115 (closed below)
+            procs.append((cmd, log, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                     start_new_session=True)))  # fmt: skip
+        end = time.monotonic() + limit
+        codes = []
+        for cmd, log, proc in procs:
+            try:
+                codes.append(proc.wait(timeout=max(0.1, end - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)  # the shard and any compiler subprocess it started
+                proc.wait()
+                codes.append(None)
+            log.seek(0)
+            print(f"--- shard {' '.join(cmd[cmd.index('-k') :]) if '-k' in cmd else ''}: exit {codes[-1]}")
+            print(log.read().rstrip(), flush=True)
+            log.close()
+    if None in codes:
+        return f"TIME LIMIT ({codes.count(None)} of {len(codes)} shards killed)"
+    bad = [c for c in codes if c not in (0, 5)]  # pytest: 5 = no test selected in this shard
+    if bad:
+        return f"FAILED (exit {bad[0]})"
+    if 0 not in codes:  # nothing ran at all: expected only on a machine without CUDA (every module skipped)
+        return "ok (all skipped)" if dry else "FAILED (no test ran)"
+    return "ok"
+
+
 def run_step(step: Step, env: dict[str, str], deadline: float, dry: bool = False) -> None:
     limit = max(1.0, min(step.limit, deadline - time.monotonic()))
     print(f"\n=== {step.name} (limit {limit:.0f} s): {' '.join(step.cmd)}", flush=True)
     t0 = time.monotonic()
+    if step.shards:
+        print(f"    in {len(step.shards)} parallel shards: -k " + " | -k ".join(repr(c[-1]) for c in step.shards))
+        step.status = _run_shards(step, env, limit, dry)
+        step.seconds = time.monotonic() - t0
+        print(f"=== {step.name}: {step.status} in {step.seconds:.1f} s", flush=True)
+        return
     try:
         proc = subprocess.run(step.cmd, cwd=ROOT, env=env, timeout=limit)
         step.status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"

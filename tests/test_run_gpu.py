@@ -2,6 +2,7 @@
 step of make test (tests/run_all.py)."""
 
 import json
+import time
 
 import torch
 
@@ -44,3 +45,39 @@ def test_summary_lists_every_step(tmp_path):
     lines = run_gpu.summary(steps, 1.0)
     assert any(line.startswith("FlashAttention benchmark") and "1 rows (1 with errors)" in line for line in lines)
     assert any("0.5" in line for line in lines[-3:])
+
+
+def test_cuda_test_shards_partition_the_tests():
+    """Every test id lands in exactly one shard of the parallel CUDA test step (the last shard is the complement)."""
+    from _pytest.mark.expression import Expression
+
+    exprs = [Expression.compile(k) for k in run_gpu.CUDA_TEST_SHARDS]
+    ids = [
+        "test_autotuned_matches_fp32[1000-full-d64-fp16]",
+        "test_autotuned_matches_fp32[1024-causal-d128-bf16]",
+        "test_atomic_dq_backward[1000-full-d128-fp16]",
+        "test_non_contiguous_inputs[full-d128-fp16]",
+        "test_default_backward_is_deterministic[d64-fp16]",
+        "test_unequal_lengths_and_fp32",
+        "test_scan_matches[257-1-64]",
+    ]
+    for test_id in ids:
+        hits = [i for i, e in enumerate(exprs) if e.evaluate(lambda name, test_id=test_id, **kw: name in test_id)]
+        assert len(hits) == 1, (test_id, hits)
+    assert run_gpu.plan(True, 450.0, run_gpu.ROOT)[0].shards[-1][-1] == run_gpu.CUDA_TEST_SHARDS[-1]
+
+
+def test_parallel_shards_status_and_time_limit():
+    ok = run_gpu.Step("s", [], 10.0, shards=[[run_gpu.PY, "-c", "pass"], [run_gpu.PY, "-c", "raise SystemExit(5)"]])
+    assert run_gpu._run_shards(ok, {}, 30.0, dry=False) == "ok"
+    none = run_gpu.Step("s", [], 10.0, shards=[[run_gpu.PY, "-c", "raise SystemExit(5)"]])
+    assert run_gpu._run_shards(none, {}, 30.0, dry=True) == "ok (all skipped)"
+    assert run_gpu._run_shards(none, {}, 30.0, dry=False) == "FAILED (no test ran)"
+    bad = run_gpu.Step("s", [], 10.0, shards=[[run_gpu.PY, "-c", "pass"], [run_gpu.PY, "-c", "raise SystemExit(1)"]])
+    assert run_gpu._run_shards(bad, {}, 30.0, dry=False) == "FAILED (exit 1)"
+    slow = run_gpu.Step(
+        "s", [], 10.0, shards=[[run_gpu.PY, "-c", "pass"], [run_gpu.PY, "-c", "import time; time.sleep(60)"]]
+    )
+    t0 = time.monotonic()
+    assert run_gpu._run_shards(slow, {}, 2.0, dry=False) == "TIME LIMIT (1 of 2 shards killed)"
+    assert time.monotonic() - t0 < 20

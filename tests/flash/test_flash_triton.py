@@ -208,3 +208,49 @@ def test_matmul_counts_of_the_two_backwards():
     assert tk._count_dots(tk._bwd_dq_inner) == (3, 0)
     assert tk._count_dots(tk._fwd_inner) == (2, 0)
     assert tk.matmuls_per_tile_pair(atomic_dq=False) == 7 and tk.matmuls_per_tile_pair(atomic_dq=True) == 5
+
+
+def test_stage_retry_and_autotune_fallback(monkeypatch):
+    """The GPU-only launch logic, with fake kernels that run out of shared memory above one stage (the interpreter
+    never does): an explicit configuration is retried with fewer stages, the count that worked is remembered and
+    reported; an autotuner that finds nothing falls back to the last candidate, launched explicitly."""
+    from triton.runtime.errors import OutOfResources
+
+    stages = []
+
+    class Kernel:  # launches that need one stage to fit
+        def __getitem__(self, grid):
+            def launch(*args, num_warps, num_stages, **meta):
+                stages.append(num_stages)
+                if num_stages > 1:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+
+            return launch
+
+    class Tuned:  # every candidate out of resources
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                raise OutOfResources(300_000, 232_448, "shared memory")
+
+            return launch
+
+    monkeypatch.setattr(tk, "INTERPRET", False)
+    monkeypatch.setattr(tk, "_fwd", Kernel())
+    monkeypatch.setattr(tk, "_fwd_tuned", Tuned())
+    monkeypatch.setattr(tk, "_WORKING_STAGES", {})
+    cfg = tk.FwdConfig(128, 128, 8, 3)
+    tk._launch("fwd", None, (), {}, cfg, torch.float16, 128)
+    assert stages == [3, 2, 1]
+    report = tk.last_launch()["fwd"]
+    assert report["source"] == "explicit" and report["requested_stages"] == 3
+    assert report["config"] == {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 1}
+    assert tk.working_stages() == {f"fwd:{cfg}:float16:d128": 1}
+    stages.clear()
+    tk._launch("fwd", None, (), {}, cfg, torch.float16, 128)  # remembered: straight to one stage
+    assert stages == [1]
+    stages.clear()
+    tk._launch("fwd", None, (), {}, "autotune", torch.float16, 128)
+    last = tk.candidate_configs(128, torch.float16)["fwd"][-1]
+    assert stages == [last.num_stages - i for i in range(last.num_stages)]
+    assert tk.last_launch()["fwd"]["config"]["BLOCK_N"] == last.BLOCK_N
+    assert tk.last_launch()["fwd"]["source"] == "explicit"

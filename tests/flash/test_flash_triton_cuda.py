@@ -3,8 +3,14 @@
 Forward and backward in FP16 and BF16, d in {64, 128}, causal and not, ragged lengths (1000, 333), N = 1 and
 non-contiguous inputs: O, dQ, dK, dV against FP32 naive autograd. A result passes when its error is at most 3 times
 the error of naive attention computed in the same dtype (plus 1e-5, for cases where that error is exactly 0).
-Every launch configuration the benchmark can use (each autotuning candidate, forced) is tested, and so is the
-autotuned path, the FA-2 atomic-dQ backward and the determinism of the default backward.
+Every launch configuration the benchmark can use (each autotuning candidate, forced) is tested at a ragged length
+and at a multiple of every tile (N = 1024: the ``EVEN_*`` kernels, the ones the benchmark's lengths compile), and so
+are the autotuned path, the FA-2 atomic-dQ backward (both kinds of length) and the determinism of the default
+backward.
+
+Test ids carry the dtype (``fp16``/``bf16``), the head dim (``d64``/``d128``) and ``causal``: ``make gpu`` splits the
+tests on them into parallel pytest processes (``CUDA_TEST_SHARDS`` in ``tests/run_gpu.py``) that compile disjoint
+sets of kernels, each on its own CPU core. A new test here should carry these ids where it has these parameters.
 """
 
 import dataclasses
@@ -54,23 +60,25 @@ def _assert_within_3x(ours, naive, what):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128], ids=["d64", "d128"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("N", [1000, 333, 1, 1024])
 def test_autotuned_matches_fp32(dtype, d, causal, N):
     q, k, v, do = _inputs(2, 3, N, d, dtype, seed=N + d)
     ours, naive = _errors(lambda a, b, c: tk.triton_flash_attention(a, b, c, causal=causal), q, k, v, do, causal)
     _assert_within_3x(ours, naive, f"{dtype} d={d} causal={causal} N={N}")
-    assert tk.last_launch()["fwd"]["source"] == "autotune"
+    assert tk.last_launch()["fwd"]["source"] == tk.last_launch()["bwd"]["source"] == "autotune"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128], ids=["d64", "d128"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_every_candidate_configuration(dtype, d, causal):
-    """The benchmark runs whichever candidate the autotuner picks: each must be right on its own."""
+@pytest.mark.parametrize("N", [1000, 1024])
+def test_every_candidate_configuration(dtype, d, causal, N):
+    """The benchmark runs whichever candidate the autotuner picks: each must be right on its own, with the ragged-tile
+    masks (1000) and without them (1024, like every length of the benchmark)."""
     cands = tk.candidate_configs(d, dtype)
-    q, k, v, do = _inputs(1, 2, 1000, d, dtype, seed=7)
+    q, k, v, do = _inputs(1, 2, N, d, dtype, seed=7)
     for fwd in cands["fwd"]:
         for bwd in cands["bwd"]:
             cfg = tk.LaunchConfig(fwd, bwd)
@@ -84,33 +92,39 @@ def test_every_candidate_configuration(dtype, d, causal):
             )
             _assert_within_3x(ours, naive, f"{cfg}")
             launched = tk.last_launch()
+            assert launched["fwd"]["source"] == launched["bwd"]["source"] == "explicit"
             assert launched["fwd"]["config"]["BLOCK_N"] == fwd.BLOCK_N
             assert launched["bwd"]["config"]["BLOCK_N1"] == bwd.BLOCK_N1
+            assert 1 <= launched["fwd"]["config"]["num_stages"] <= fwd.num_stages
             assert 1 <= launched["bwd"]["config"]["num_stages"] <= bwd.num_stages
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("d", [128], ids=["d128"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_non_contiguous_inputs(dtype, causal):
-    q, k, v, do = _inputs(2, 4, 333, 128, dtype, seed=3, layout="bnhd")
+def test_non_contiguous_inputs(dtype, d, causal):
+    q, k, v, do = _inputs(2, 4, 333, d, dtype, seed=3, layout="bnhd")
     assert not q.is_contiguous()
     ours, naive = _errors(lambda a, b, c: tk.triton_flash_attention(a, b, c, causal=causal), q, k, v, do, causal)
     _assert_within_3x(ours, naive, "non-contiguous")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128], ids=["d64", "d128"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_atomic_dq_backward(dtype, d, causal):
-    q, k, v, do = _inputs(2, 2, 1000, d, dtype, seed=11)
+@pytest.mark.parametrize("N", [1000, 1024])
+def test_atomic_dq_backward(dtype, d, causal, N):
+    q, k, v, do = _inputs(2, 2, N, d, dtype, seed=11)
     ours, naive = _errors(
         lambda a, b, c: tk.triton_flash_attention(a, b, c, causal=causal, atomic_dq=True), q, k, v, do, causal
     )
     _assert_within_3x(ours, naive, "atomic dQ")
 
 
-def test_default_backward_is_deterministic():
-    q, k, v, do = _inputs(2, 4, 1000, 64, torch.float16, seed=5)
+@pytest.mark.parametrize("dtype", [torch.float16], ids=["fp16"])
+@pytest.mark.parametrize("d", [64], ids=["d64"])
+def test_default_backward_is_deterministic(dtype, d):
+    q, k, v, do = _inputs(2, 4, 1000, d, dtype, seed=5)
     runs = [_grads(lambda a, b, c: tk.triton_flash_attention(a, b, c, causal=True), q, k, v, do) for _ in range(3)]
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
