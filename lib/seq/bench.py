@@ -5,11 +5,14 @@ Three ways to turn ``x (batch, T, d)`` into ``(batch, T, d)``:
 ``rnn_loop``    :class:`lib.seq.rnn.Recurrent` over our :class:`~lib.seq.rnn.RNNCell`: ``T`` dependent steps,
                 each a few small tensor operations dispatched from Python;
 ``rnn_fused``   ``torch.nn.RNN``, the same equations with the loop inside one C++/cuDNN call
-                (still ``T`` dependent steps: ``h_t`` needs ``h_{t-1}``);
+                (still ``T`` dependent steps: ``h_t`` needs ``h_{t-1}``; on a CPU it first computes the
+                input projections ``W_ih x_t`` of all steps in one matrix product, so only
+                ``W_hh h_{t-1}`` and the tanh stay inside the loop);
 ``attention``   :class:`lib.nn.attention.MultiHeadAttention` self-attention: a few large matrix products
                 with no dependency between positions, ``O(T^2 d)`` arithmetic.
 
-The gap between the first two is interpreter and dispatch overhead; the gap between the last two is the
+The gap between the first two is mostly interpreter and per-operation dispatch overhead (plus the
+batched input projection); the gap between the last two is the
 price of the dependency chain against that of quadratic arithmetic. The chapter times the CPU live;
 GPU figures come only from a results file written by this command on a GPU machine:
 

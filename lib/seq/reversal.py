@@ -10,8 +10,15 @@ The chapter runs the small default on a CPU; bigger runs (more seeds, right padd
 the command line:
 
     python -m lib.seq.reversal --seeds 0 1 2 --out results/transformer/reversal_seeds.json
-    python -m lib.seq.reversal --models lstm --steps 2000 --seeds 0 1 2 --out results/transformer/reversal_rnn_2000.json
-    python -m lib.seq.reversal --steps 1000 --pad-source right --models transformer --out right_pad.json
+    python -m lib.seq.reversal --models lstm --steps 2000 --seeds 0 1 2 \
+        --out results/transformer/reversal_lstm_2000.json
+    python -m lib.seq.reversal --steps 1000 --pad-source right --models transformer \
+        --out results/transformer/reversal_right_pad_1000.json
+    python -m lib.seq.reversal --models lstm-attention --save-dir weights
+
+``--save-dir`` writes each trained model as a verified checkpoint (:func:`save_model`, read back by
+:func:`load_model`): the chapter loads the LSTM with attention, the slowest model to train, from
+``weights/reversal_lstm-attention.safetensors`` instead of training it live.
 
 Chapter: "From RNNs to the Transformer" (``chapters/transformer.ipynb``).
 """
@@ -20,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -122,8 +131,55 @@ def fit(name: str, model: torch.nn.Module, c: ReversalConfig) -> History:
     return (fit_transformer if name == "transformer" else fit_rnn)(model, c.task, c)
 
 
-def run(c: ReversalConfig, device: torch.device | None = None) -> dict[str, dict]:
-    """Train every model of ``c.models`` and return, per model, seconds, final loss and accuracy by length."""
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model read back by :func:`load_model`, with the config and training history it was made with."""
+
+    name: str
+    """One of :data:`MODELS`."""
+    model: torch.nn.Module
+    """The trained model, in eval mode, on the CPU."""
+    config: ReversalConfig
+    """The experiment's config (data, sizes, steps, seeds)."""
+    history: History
+    """Logged training metrics and the training wall time (of the run that made the checkpoint)."""
+
+
+def save_model(name: str, model: torch.nn.Module, history: History, c: ReversalConfig, path: str | Path) -> Path:
+    """Save a model trained by :func:`fit` as a verified checkpoint (:func:`lib.checkpoint.save_checkpoint`)."""
+    from lib.checkpoint import save_checkpoint
+
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+    extra = {"model": name, "history": {"steps": history.steps, "metrics": history.metrics,
+                                        "seconds": history.seconds}}  # fmt: skip
+    argv = sys.argv[1:]
+    command = "python -m lib.seq.reversal " + shlex.join(argv) if argv else "lib.seq.reversal.save_model"
+    return save_checkpoint(path, model.state_dict(), command=command, seed=c.seed, config=dataclasses.asdict(c),
+                           extra=extra)  # fmt: skip
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Read a checkpoint written by :func:`save_model` (sha256 verified) and rebuild the model with :func:`build`."""
+    from lib.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    if meta.get("model") not in MODELS or "history" not in meta:
+        raise ValueError(f"{path} is not a checkpoint of lib.seq.reversal.save_model (no model name or history)")
+    cfg = dict(meta["config"])
+    cfg["models"] = tuple(cfg["models"])
+    c = ReversalConfig(**cfg)
+    model = build(meta["model"], c)
+    model.load_state_dict(state)
+    h = meta["history"]
+    return TrainedModel(meta["model"], model.eval(), c, History(h["steps"], h["metrics"], [], h["seconds"]))
+
+
+def run(c: ReversalConfig, device: torch.device | None = None, save_dir: str | Path | None = None) -> dict[str, dict]:
+    """Train every model of ``c.models`` and return, per model, seconds, final loss and accuracy by length.
+
+    With ``save_dir``, also save each trained model as ``save_dir/reversal_<name>.safetensors`` (:func:`save_model`).
+    """
     device = device or get_device()
     task, results = c.task, {}
     test = held_out(task, c.n_test_per_length, seed=c.test_seed)
@@ -140,6 +196,8 @@ def run(c: ReversalConfig, device: torch.device | None = None) -> dict[str, dict
             "accuracy_len_ge_20": sum(long) / len(long),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
+        if save_dir is not None:
+            save_model(name, model.cpu(), hist, c, Path(save_dir) / f"reversal_{name}.safetensors")
         print(f"{name:12s} acc(n>=20) {results[name]['accuracy_len_ge_20']:6.1%}  {hist.seconds:6.1f} s", flush=True)
     return results
 
@@ -156,12 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=None, help="run each seed s with seed=s, data_seed=s+1 (overrides both)"
     )
     parser.add_argument("--out", default=None, help="write a JSON results file with provenance")
+    parser.add_argument("--save-dir", default=None, help="save each trained model there (single-seed runs only)")
     args = vars(parser.parse_args(argv))
-    out, seeds = args.pop("out"), args.pop("seeds")
+    out, seeds, save_dir = args.pop("out"), args.pop("seeds"), args.pop("save_dir")
+    if save_dir is not None and seeds is not None:
+        parser.error("--save-dir saves one run: use it without --seeds")
     args["models"] = tuple(args["models"])
     config = ReversalConfig(**args)
     if seeds is None:
-        payload = {"config": dataclasses.asdict(config), "results": run(config)}
+        payload = {"config": dataclasses.asdict(config), "results": run(config, save_dir=save_dir)}
     else:
         runs = {str(s): run(dataclasses.replace(config, seed=s, data_seed=s + 1)) for s in seeds}
         payload = {"config": dataclasses.asdict(config), "seeds": runs}
