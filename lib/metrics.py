@@ -97,6 +97,23 @@ def frechet_distance(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(ca) + torch.trace(cb) - 2 * torch.trace(cross))
 
 
+def gaussian_fit_samples(
+    x_train: torch.Tensor, n: int, generator: torch.Generator | None = None, jitter: float = 1e-4
+) -> torch.Tensor:
+    """``n`` samples of the full-covariance Gaussian fitted to ``x_train (m, ...)`` (mean and covariance of the
+    flattened data, plus ``jitter I`` for pixels that never vary): the baseline a generative model must beat,
+    with every pixel correlation of the data but nothing beyond second order. Returns ``(n, ...)``."""
+    if not torch.is_tensor(x_train) or x_train.dim() < 2 or x_train.shape[0] < 2:
+        raise ValueError(f"x_train must be a tensor of shape (m >= 2, ...), got {getattr(x_train, 'shape', x_train)}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    flat = x_train.reshape(x_train.shape[0], -1).double()
+    mu, cov = flat.mean(0), torch.cov(flat.T) + jitter * torch.eye(flat.shape[1], dtype=torch.float64)
+    z = torch.randn(n, flat.shape[1], generator=generator, dtype=torch.float64)
+    samples = mu + z @ torch.linalg.cholesky(cov).T
+    return samples.to(x_train.dtype).reshape(n, *x_train.shape[1:])
+
+
 # --- the digits classifier behind the classifier Frechet distance --------------------------------------
 
 

@@ -10,6 +10,7 @@ from lib.metrics import (
     classifier_frechet_distance,
     energy_distance,
     frechet_distance,
+    gaussian_fit_samples,
     mean_pairwise_distance,
     sliced_wasserstein,
     train_digits_classifier,
@@ -56,3 +57,17 @@ def test_digits_classifier_smoke():
     assert classifier_frechet_distance(x, x, trained.model) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="shape"):
         trained.model.features(torch.zeros(3, 64))
+
+
+def test_gaussian_fit_samples_reproduce_mean_and_covariance():
+    g = torch.Generator().manual_seed(3)
+    A = torch.tensor([[1.0, 0.0], [0.8, 0.5]], dtype=torch.float64)
+    x = (torch.randn(5000, 2, generator=g, dtype=torch.float64) @ A.T + 2.0).reshape(5000, 1, 2)
+    s = gaussian_fit_samples(x, 20000, g, jitter=0.0)
+    assert s.shape == (20000, 1, 2) and s.dtype == x.dtype
+    assert torch.allclose(torch.cov(s.reshape(-1, 2).T), torch.cov(x.reshape(-1, 2).T), atol=0.03)
+    assert torch.allclose(s.mean(0), x.mean(0), atol=0.03)
+    with pytest.raises(ValueError, match="x_train"):
+        gaussian_fit_samples(torch.zeros(1, 2), 3)
+    with pytest.raises(ValueError, match="n must"):
+        gaussian_fit_samples(x, 0)

@@ -1,7 +1,8 @@
-"""Exact log-likelihoods through the probability-flow ODE (instantaneous change of variables), with the
-divergence computed exactly (small dimension) or by the Hutchinson-Skilling estimator; bits per dimension.
+"""Exact log-likelihoods of continuous flows (instantaneous change of variables), with the divergence computed
+exactly (small dimension) or by the Hutchinson-Skilling estimator; the PF-ODE likelihood; bits per dimension.
 
-Chapter: "Diffusion as stochastic differential equations" (``chapters/diffusion_sde.ipynb``).
+Chapter: "Diffusion as stochastic differential equations" (``chapters/diffusion_sde.ipynb``); the Flows
+chapter's CNF and flow-matching models use :func:`ode_likelihood` directly.
 
 References: Chen, Rubanova, Bettencourt and Duvenaud, "Neural Ordinary Differential Equations", 2018
 (d log p / dt = -tr(dv/dx)); Grathwohl et al., "FFJORD", 2019 and Skilling 1989 / Hutchinson 1990 (the
@@ -9,7 +10,7 @@ trace estimator ``tr(J) = E[z^T J z]``); Song et al., ICLR 2021, appendix D.2 (P
 
 Glossary
 --------
-v(x, t)      PF-ODE velocity ``f - g^2 score / 2``
+v(x, t)      a flow's velocity; for a diffusion the PF-ODE's ``f - g^2 score / 2 = alpha' x0_hat + sigma' eps_hat``
 div v        ``tr(dv/dx)``; ``log p_0(x_0) = log p_1(x_1) + int_0^1 div v(x_t, t) dt`` along the ODE path
 z (probe)    Rademacher or Gaussian vector, fixed along one ODE solve (Skilling-Hutchinson)
 bits/dim     ``-(log p(x) / D + log(bin width)) / ln 2`` for data on a grid of given bin width
@@ -18,31 +19,34 @@ bits/dim     ``-(log p(x) / D + log(bin width)) / ln 2`` for data on a grid of g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from lib.diffusion.sde import LinearSDE, ScoreFn
+from lib.diffusion.predictions import Denoiser
+from lib.diffusion.schedules import Schedule
 
 
 @dataclass(frozen=True)
-class LikelihoodResult:
-    """What :func:`pf_ode_likelihood` returns (all per example, ``(batch,)``, except ``nfe``)."""
+class ODELikelihood:
+    """What :func:`ode_likelihood` returns (per example ``(batch,)``, except ``z`` and ``nfe``)."""
 
     logp: torch.Tensor
-    """``log p_0(x)`` in nats (continuous density)."""
+    """``log p(x)`` at ``t_start`` in nats (a continuous density)."""
     prior_logp: torch.Tensor
-    """``log p_1(z)`` of the ODE's end point under the prior."""
+    """``prior_logp(z)`` of the end point."""
     delta_logp: torch.Tensor
-    """``int div v dt`` along the path."""
+    """``int_{t_start}^{t_end} div v dt`` along the path."""
     z: torch.Tensor
-    """End point ``x_1`` of the ODE, shape of ``x``."""
+    """The state at ``t_end``, shape of ``x``."""
     nfe: int
-    """Velocity (score) evaluations of the solve."""
+    """Velocity evaluations of the solve."""
 
 
 def divergence_exact(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``tr(dv/dx)`` per example by one backward pass per dimension (``D`` passes): exact, ``O(D)`` cost."""
+    """``tr(dv/dx)`` per example by one backward pass per dimension (``D`` passes): exact, ``O(D)`` cost.
+    ``v = velocity(x)`` must have been computed from ``x`` with grad enabled."""
     vf, D = v.reshape(v.shape[0], -1), v[0].numel()
     div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     for i in range(D):
@@ -58,37 +62,47 @@ def divergence_hutchinson(v: torch.Tensor, x: torch.Tensor, probe: torch.Tensor)
     return (vjp * probe).reshape(x.shape[0], -1).sum(1)
 
 
-def pf_ode_likelihood(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
+def make_probe(x: torch.Tensor, kind: str = "rademacher", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Hutchinson probe shaped like ``x``: ``"rademacher"`` (+-1) or ``"gaussian"``."""
+    if kind not in ("rademacher", "gaussian"):
+        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return z.sign() if kind == "rademacher" else z
+
+
+def ode_likelihood(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
+    prior_logp: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    t_start: float = 0.0,
+    t_end: float = 1.0,
     divergence: str = "exact",
     probe: str = "rademacher",
-    t_eps: float = 1e-5,
+    method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
     generator: torch.Generator | None = None,
-) -> LikelihoodResult:
-    """``log p_0(x)`` of the model defined by ``score_fn`` through its probability-flow ODE.
+) -> ODELikelihood:
+    """``log p(x)`` of a continuous flow ``dx/dt = velocity_fn(x, t)`` by the instantaneous change of variables.
 
-    Solves ``d/dt [x, l] = [v(x, t), div v(x, t)]`` from ``t_eps`` to 1 with ``torchdiffeq`` and returns
-    ``prior_logp(x_1) + l(1)``. ``divergence="exact"`` costs ``D`` backward passes per evaluation;
-    ``"hutchinson"`` one, with a probe (``"rademacher"`` or ``"gaussian"``) drawn once per solve.
+    Integrates ``d/dt [x, l] = [v(x, t), div v(x, t)]`` from the data at ``t_start`` to ``t_end`` with
+    ``torchdiffeq`` (either direction) and returns ``prior_logp(z) + l(t_end)``, ``z = x(t_end)``.
+    ``velocity_fn(x (batch, ...), t (batch,))`` returns ``dx/dt``; ``divergence="exact"`` costs ``D`` backward
+    passes per evaluation, ``"hutchinson"`` one, with one ``probe`` drawn per solve from ``generator``.
     """
     from torchdiffeq import odeint
 
-    if not torch.is_tensor(x) or x.dim() < 2:
-        raise ValueError("x must be a tensor of shape (batch, ...)")
+    if not callable(velocity_fn) or not callable(prior_logp):
+        raise TypeError("velocity_fn and prior_logp must be callable")
+    if not torch.is_tensor(x) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor of shape (batch, ...), got {getattr(x, 'shape', x)!r}")
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
-    if probe not in ("rademacher", "gaussian"):
-        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    if not 0 < t_eps < 1:
-        raise ValueError(f"t_eps must be in (0, 1), got {t_eps!r}")
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    if probe == "rademacher":
-        z = z.sign()
+    if t_start == t_end:
+        raise ValueError(f"t_start and t_end must differ, got {t_start!r}")
+    z = make_probe(x, probe, generator)
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
     nfe = 0
 
     def rhs(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,17 +111,42 @@ def pf_ode_likelihood(
         x_t = state[0].detach()
         with torch.enable_grad():
             x_t.requires_grad_(True)
-            t = t.clamp(t_eps, 1.0).expand(x_t.shape[0])  # adaptive stages may overshoot the end time
-            v = sde.probability_flow_drift(x_t, t, score_fn)
+            tt = t.clamp(lo, hi).to(x_t.dtype).expand(x_t.shape[0])  # adaptive stages may overshoot the end
+            v = velocity_fn(x_t, tt)
             div = divergence_exact(v, x_t) if divergence == "exact" else divergence_hutchinson(v, x_t, z)
         return v.detach(), div.detach()
 
-    t_span = torch.tensor([t_eps, 1.0], dtype=x.dtype, device=x.device)
+    t_span = torch.tensor([t_start, t_end], dtype=x.dtype, device=x.device)
     l0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     xs, ls = odeint(rhs, (x, l0), t_span, rtol=rtol, atol=atol, method=method)
     x1, delta = xs[-1], ls[-1]
-    prior = sde.prior_logp(x1)
-    return LikelihoodResult(prior + delta, prior, delta, x1, nfe)
+    prior = prior_logp(x1)
+    return ODELikelihood(prior + delta, prior, delta, x1, nfe)
+
+
+def pf_ode_likelihood(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    x: torch.Tensor,
+    *,
+    t_min: float = 1e-5,
+    divergence: str = "exact",
+    probe: str = "rademacher",
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: torch.Generator | None = None,
+) -> ODELikelihood:
+    """``log p(x)`` of the diffusion model ``denoiser`` (any prediction) through its probability-flow ODE,
+    ``dx/dt = alpha' x0_hat + sigma' eps_hat``, from ``t_min`` to 1 with the schedule's Gaussian prior: a thin
+    wrapper of :func:`ode_likelihood`. The density is that of ``x_{t_min}``."""
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError(f"denoiser must be a lib.diffusion.predictions.Denoiser, got {type(denoiser).__name__}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must be in (0, 1), got {t_min!r}")
+    return ode_likelihood(lambda x_t, t: denoiser.velocity(x_t, t, schedule), x, schedule.prior_logp,
+                          t_start=t_min, t_end=1.0, divergence=divergence, probe=probe, method=method,
+                          rtol=rtol, atol=atol, generator=generator)  # fmt: skip
 
 
 def bits_per_dim(logp: torch.Tensor, num_dims: int, bin_width: float | None = None) -> torch.Tensor:

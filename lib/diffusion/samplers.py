@@ -1,21 +1,30 @@
-"""Samplers for any linear diffusion SDE given a score function: reverse-SDE Euler-Maruyama,
-predictor-corrector, probability-flow ODE (adaptive or fixed-step Euler/Heun), DDPM ancestral and DDIM.
+"""Samplers for any schedule given a denoiser (any prediction): Euler and Heun on the probability-flow ODE, an
+adaptive ODE solver, DDIM (eta) and ancestral DDPM, Euler-Maruyama on the reverse SDE, predictor-corrector.
 
 Chapter: "Diffusion as stochastic differential equations" (``chapters/diffusion_sde.ipynb``).
 
-References: Song et al., ICLR 2021 (reverse SDE, predictor-corrector with the signal-to-noise step size,
-algorithms 4-5; PF-ODE with RK45); Ho et al. 2020 (ancestral sampling, algorithm 2); Song, Meng and Ermon,
-"Denoising Diffusion Implicit Models", ICLR 2021 (eq. 12); Karras et al. 2022 (Heun's method).
+All of them walk a decreasing time grid ``ts`` (:func:`lib.diffusion.timesteps.time_grid`) from ``t_max`` to
+``t_min`` and read the network as ``(x0_hat, eps_hat)``. In those variables, with ``f = alpha'/alpha``:
+
+    PF-ODE velocity      u = alpha' x0_hat + sigma' eps_hat
+    reverse-SDE drift    u + (sigma' - sigma f) eps_hat  (= f x - g^2 score; ``g^2 / (2 sigma) = sigma' - sigma f``)
+
+so only the SDE samplers need ``alpha > 0`` (finite ``f``, ``g``), and only ``eps``/``score`` models need
+``alpha > 0`` to recover ``x0``: for rectified flow or cosine with those, start at ``t_max < 1``.
+
+References: Song et al., ICLR 2021 (reverse SDE, PF-ODE, predictor-corrector, algorithms 2-5 and their code);
+Ho et al. 2020 (ancestral sampling, algorithm 2); Song, Meng and Ermon, "DDIM", ICLR 2021 (eq. 12);
+Karras et al. 2022 (Heun, algorithm 1); Dormand and Prince 1980 (``dopri5``, via torchdiffeq).
 
 Glossary
 --------
-score_fn(x, t)  ``grad_x log p_t(x)`` for ``x (batch, ...)`` and ``t (batch,)``; conditioning lives in its closure
-x_T             the starting noise, e.g. ``sde.prior_sample(shape)``
-steps           number of time steps on the uniform grid ``1 = t_0 > t_1 > ... > t_steps = t_eps``
-NFE             number of function (score network) evaluations: the cost of a sample
-snr             predictor-corrector's target signal-to-noise ratio ``r``, Langevin step
-                ``eps = 2 (r ||z|| / ||score||)^2``, batch-mean norms
-eta             DDIM's stochasticity: 0 = deterministic DDIM, 1 = DDPM's posterior variance
+denoiser     :class:`~lib.diffusion.predictions.Denoiser`: a model, its prediction and fixed conditioning
+x_T          the starting noise, e.g. ``schedule.prior_sample(shape)``
+ts           the time grid; ``steps = len(ts) - 1``
+NFE          number of network evaluations (per batch): the cost of a sample
+snr          predictor-corrector's target signal-to-noise ratio ``r``: Langevin step
+             ``eps = 2 (r ||z|| / ||score||)^2`` with batch-mean norms
+eta          DDIM's stochasticity: 0 deterministic, 1 DDPM's posterior variance (ancestral)
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lib.diffusion.sde import LinearSDE, ScoreFn, bcast
+from lib.diffusion.predictions import Denoiser
+from lib.diffusion.schedules import Schedule, bcast
+from lib.diffusion.timesteps import time_grid
 
 
 @dataclass(frozen=True)
@@ -33,213 +44,216 @@ class SampleResult:
     """What every sampler returns."""
 
     x: torch.Tensor
-    """Samples at ``t = t_eps`` (noise-free last step), shape of ``x_T``."""
+    """Samples at ``t_min`` (the last step adds no noise), shape of ``x_T``."""
     nfe: int
-    """Number of score evaluations (per batch, not per example)."""
+    """Number of denoiser evaluations (per batch, not per example)."""
 
 
 class _Counted:
-    """Wraps a score function and counts its calls."""
+    """Reads a denoiser as ``(x0_hat, eps_hat)`` at a ``(batch,)`` time and counts the evaluations."""
 
-    def __init__(self, fn: ScoreFn) -> None:
-        if not callable(fn):
-            raise TypeError(f"score_fn must be callable, got {type(fn).__name__}")
-        self.fn, self.n = fn, 0
+    def __init__(self, denoiser: Denoiser, schedule: Schedule) -> None:
+        self.denoiser, self.schedule, self.n = denoiser, schedule, 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.n += 1
-        return self.fn(x, t)
+        return self.denoiser.x0_eps(x, t.to(x.dtype).expand(x.shape[0]), self.schedule)
 
 
-def time_grid(steps: int, t_eps: float = 1e-3, device=None, dtype=torch.float32) -> torch.Tensor:
-    """``steps + 1`` uniformly spaced times from 1 down to ``t_eps``."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not 0 < t_eps < 1:
-        raise ValueError(f"t_eps must be in (0, 1), got {t_eps!r}")
-    return torch.linspace(1.0, t_eps, steps + 1, device=device, dtype=dtype)
-
-
-def _check(x_T: torch.Tensor, sde: LinearSDE) -> None:
-    if not torch.is_tensor(x_T) or x_T.dim() < 2:
-        raise ValueError("x_T must be a tensor of shape (batch, ...)")
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde must be a LinearSDE (VPSDE, VESDE, SubVPSDE), got {type(sde).__name__}")
+def _setup(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    steps: int | None,
+    ts: torch.Tensor | None,
+    grid: str,
+    t_max: float,
+    t_min: float,
+    needs_sde: bool = False,
+) -> tuple[_Counted, torch.Tensor]:
+    """Validate the arguments shared by every sampler; returns the counted denoiser and the time grid."""
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError(f"denoiser must be a lib.diffusion.predictions.Denoiser, got {type(denoiser).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule (VPSDE, RectifiedFlow, ...), got {type(schedule).__name__}")
+    if not torch.is_tensor(x_T) or x_T.dim() < 2 or not x_T.is_floating_point():
+        raise ValueError("x_T must be a float tensor of shape (batch, ...)")
+    if ts is None:
+        if steps is None:
+            raise ValueError("give steps or ts")
+        ts = time_grid(steps, grid, schedule, t_max=t_max, t_min=t_min, dtype=x_T.dtype, device=x_T.device)
+    elif not torch.is_tensor(ts) or ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("ts must be a 1-D tensor of at least 2 strictly decreasing times")
+    ts = ts.to(dtype=x_T.dtype, device=x_T.device)
+    a_max = float(schedule.alpha(ts[:1].double()))
+    if a_max <= 0 and (needs_sde or denoiser.prediction in ("eps", "score")):
+        what = "the reverse SDE's f and g" if needs_sde else f"x0 from a {denoiser.prediction!r} prediction"
+        raise ValueError(f"alpha(t_max) = 0, so {what} is not finite: start at t_max < 1 (ts[0] = {float(ts[0])})")
+    return _Counted(denoiser, schedule), ts
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
-@torch.no_grad()
-def euler_maruyama(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
-    x_T: torch.Tensor,
-    steps: int = 500,
-    t_eps: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> SampleResult:
-    """Reverse-time SDE by Euler-Maruyama: ``x <- x + (f - g^2 s) dt + g sqrt(|dt|) z`` with ``dt < 0``.
-    The last step adds no noise."""
-    _check(x_T, sde)
-    score, ts, x = _Counted(score_fn), time_grid(steps, t_eps, x_T.device, x_T.dtype), x_T
-    for i in range(steps):
-        t, dt = ts[i].expand(x.shape[0]), ts[i + 1] - ts[i]
-        drift, g = sde.reverse_drift_diffusion(x, t, score)
-        x = x + drift * dt
-        if i < steps - 1:
-            x = x + bcast(g, x) * (-dt).sqrt() * _noise(x, generator)
-    return SampleResult(x, score.n)
+def _coefs(schedule: Schedule, t: torch.Tensor, x: torch.Tensor):
+    t = t.expand(x.shape[0])
+    return [bcast(c(t), x) for c in (schedule.alpha, schedule.sigma, schedule.d_alpha, schedule.d_sigma)]
 
 
-def langevin_step(
-    score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor, snr: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """One Langevin MCMC step targeting ``p_t``: ``x + eps s + sqrt(2 eps) z`` with the step
-    ``eps = 2 (snr ||z|| / ||s||)^2``, norms averaged over the batch (Song et al. 2021, algorithm 5 and their
-    code; a per-example ratio explodes in low dimension where ``||s||`` can be near zero)."""
-    s, z = score_fn(x, t), _noise(x, generator)
-    s_norm = s.reshape(x.shape[0], -1).norm(dim=1).mean().clamp_min(1e-12)
-    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
-    eps = 2 * (snr * z_norm / s_norm) ** 2
-    return x + eps * s + (2 * eps).sqrt() * z
+def pf_velocity(schedule: Schedule, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``dx/dt = alpha' x0_hat + sigma' eps_hat`` at a scalar or ``(batch,)`` time ``t``."""
+    _, _, da, ds = _coefs(schedule, t, x0)
+    return da * x0 + ds * eps
+
+
+def reverse_sde_drift(schedule: Schedule, t, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``f x - g^2 score = u + (sigma' - sigma f) eps_hat`` at time ``t`` (needs ``alpha(t) > 0``)."""
+    a, s, da, ds = _coefs(schedule, t, x0)
+    return da * x0 + ds * eps + (ds - s * da / a) * eps
 
 
 @torch.no_grad()
-def predictor_corrector(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
-    x_T: torch.Tensor,
-    steps: int = 500,
-    snr: float = 0.16,
-    n_corrector: int = 1,
-    t_eps: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> SampleResult:
-    """Predictor-corrector: at each time, ``n_corrector`` Langevin steps at that time, then one reverse-SDE
-    Euler-Maruyama predictor step. ``NFE = steps * (1 + n_corrector)``."""
-    _check(x_T, sde)
-    if not snr > 0 or not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"need snr > 0 and an int n_corrector >= 0, got snr={snr!r}, n_corrector={n_corrector!r}")
-    score, ts, x = _Counted(score_fn), time_grid(steps, t_eps, x_T.device, x_T.dtype), x_T
-    for i in range(steps):
-        t, dt = ts[i].expand(x.shape[0]), ts[i + 1] - ts[i]
-        for _ in range(n_corrector):
-            x = langevin_step(score, x, t, snr, generator)
-        drift, g = sde.reverse_drift_diffusion(x, t, score)
-        x = x + drift * dt
-        if i < steps - 1:
-            x = x + bcast(g, x) * (-dt).sqrt() * _noise(x, generator)
-    return SampleResult(x, score.n)
+def euler(denoiser, schedule, x_T, steps=None, *, ts=None, grid="uniform", t_max=1.0, t_min=1e-3) -> SampleResult:
+    """Euler on the PF-ODE: ``x <- x + (t_next - t) u(x, t)``; one NFE per step."""
+    f, ts = _setup(denoiser, schedule, x_T, steps, ts, grid, t_max, t_min)
+    x = x_T
+    for i in range(len(ts) - 1):
+        x = x + (ts[i + 1] - ts[i]) * pf_velocity(schedule, ts[i], *f(x, ts[i]))
+    return SampleResult(x, f.n)
+
+
+@torch.no_grad()
+def heun(denoiser, schedule, x_T, steps=None, *, ts=None, grid="uniform", t_max=1.0, t_min=1e-3) -> SampleResult:
+    """Heun (explicit trapezoid) on the PF-ODE, second order, two NFE per step (Karras et al. 2022, alg. 1)."""
+    f, ts = _setup(denoiser, schedule, x_T, steps, ts, grid, t_max, t_min)
+    x = x_T
+    for i in range(len(ts) - 1):
+        dt = ts[i + 1] - ts[i]
+        d1 = pf_velocity(schedule, ts[i], *f(x, ts[i]))
+        d2 = pf_velocity(schedule, ts[i + 1], *f(x + dt * d1, ts[i + 1]))
+        x = x + 0.5 * dt * (d1 + d2)
+    return SampleResult(x, f.n)
 
 
 @torch.no_grad()
 def probability_flow_ode(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
-    x_T: torch.Tensor,
-    method: str = "dopri5",
-    steps: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_eps: float = 1e-3,
+    denoiser, schedule, x_T, *, method="dopri5", rtol=1e-5, atol=1e-5, t_max=1.0, t_min=1e-3
 ) -> SampleResult:
-    """Integrate the probability-flow ODE ``dx/dt = f - g^2 s / 2`` from ``t = 1`` to ``t_eps``.
-
-    ``method``: ``"euler"`` or ``"heun"`` (fixed ``steps``; Heun costs 2 NFE per step) or any adaptive
-    ``torchdiffeq`` method (``"dopri5"``, ``"bosh3"``, ...; ``rtol``/``atol`` set its accuracy and cost).
-    """
-    _check(x_T, sde)
-    score = _Counted(score_fn)
-
-    def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # adaptive solvers may evaluate a stage just past the end time (then interpolate back): keep t >= t_eps
-        return sde.probability_flow_drift(x, t.clamp(t_eps, 1.0).expand(x.shape[0]), score)
-
-    if method in ("euler", "heun"):
-        if steps is None:
-            raise ValueError(f"method={method!r} needs steps")
-        ts, x = time_grid(steps, t_eps, x_T.device, x_T.dtype), x_T
-        for i in range(steps):
-            t, dt = ts[i], ts[i + 1] - ts[i]
-            d1 = v(x, t)
-            if method == "euler":
-                x = x + dt * d1
-            else:
-                x_e = x + dt * d1
-                x = x + 0.5 * dt * (d1 + v(x_e, ts[i + 1]))
-        return SampleResult(x, score.n)
+    """The PF-ODE from ``t_max`` to ``t_min`` with an adaptive ``torchdiffeq`` solver (``"dopri5"``,
+    ``"bosh3"``, ...); ``rtol``/``atol`` set its accuracy and its NFE."""
     from torchdiffeq import odeint
 
-    t_span = torch.tensor([1.0, t_eps], dtype=x_T.dtype, device=x_T.device)
-    x = odeint(lambda t, x: v(x, t), x_T, t_span, rtol=rtol, atol=atol, method=method)[-1]
-    return SampleResult(x, score.n)
+    f, ts = _setup(denoiser, schedule, x_T, 1, None, "uniform", t_max, t_min)
 
+    def v(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = t.clamp(t_min, t_max)  # adaptive stages may overshoot the end time
+        return pf_velocity(schedule, t, *f(x, t))
 
-def _tweedie(x, t, s_t, a_t, score, x0_clip):
-    """``x0_hat = (x + sigma^2 score) / alpha`` and ``eps_hat = -sigma score`` (clipped x0 re-derives eps)."""
-    eps = -bcast(s_t, x) * score(x, t)
-    x0 = (x - bcast(s_t, x) * eps) / bcast(a_t, x)
-    if x0_clip is not None:
-        x0 = x0.clamp(-x0_clip, x0_clip)
-        eps = (x - bcast(a_t, x) * x0) / bcast(s_t, x)
-    return x0, eps
-
-
-@torch.no_grad()
-def ddpm_ancestral(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
-    x_T: torch.Tensor,
-    steps: int = 1000,
-    t_eps: float = 1e-3,
-    x0_clip: float | None = None,
-    generator: torch.Generator | None = None,
-) -> SampleResult:
-    """Ancestral sampling: draw ``x_s ~ q(x_s | x_t, x0_hat)``, the Gaussian posterior of the forward process
-    between grid times ``s < t`` with ``x0`` replaced by its Tweedie estimate (Ho et al. 2020, algorithm 2,
-    written for any linear SDE)."""
-    return ddim(score_fn, sde, x_T, steps=steps, eta=1.0, t_eps=t_eps, x0_clip=x0_clip, generator=generator)
+    return SampleResult(odeint(v, x_T, ts, rtol=rtol, atol=atol, method=method)[-1], f.n)
 
 
 @torch.no_grad()
 def ddim(
-    score_fn: ScoreFn,
-    sde: LinearSDE,
-    x_T: torch.Tensor,
-    steps: int = 50,
-    eta: float = 0.0,
-    t_eps: float = 1e-3,
-    x0_clip: float | None = None,
-    generator: torch.Generator | None = None,
-) -> SampleResult:
-    """DDIM: ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with
-    ``c = eta * sqrt(posterior variance)``; ``eta = 0`` is deterministic (a first-order solver of the
-    PF-ODE in ``x / alpha``), ``eta = 1`` is DDPM's ancestral sampler. The last step returns the mean."""
-    _check(x_T, sde)
-    if eta < 0:
+    denoiser, schedule, x_T, steps=None, *, eta=0.0, ts=None, grid="uniform", t_max=1.0, t_min=1e-3,
+    x0_clip=None, generator=None,
+) -> SampleResult:  # fmt: skip
+    """DDIM: ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with ``c = eta`` times the std of
+    ``q(x_s | x_t, x_0)``. ``eta = 0`` is deterministic (first order in ``sigma / alpha``), ``eta = 1`` is
+    ancestral sampling. ``x0_clip`` clamps ``x0_hat`` (and re-derives ``eps_hat``). The last step adds no noise."""
+    if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    score, ts, x = _Counted(score_fn), time_grid(steps, t_eps, x_T.device, x_T.dtype), x_T
-    for i in range(steps):
-        t, s = ts[i].expand(x.shape[0]), ts[i + 1].expand(x.shape[0])
-        a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
-        x0, eps = _tweedie(x, t, s_t, a_t, score, x0_clip)
-        a_ts, v_ts = sde.transition(t, s)
-        c = eta * (v_ts * s_s**2 / s_t**2).sqrt()  # eta * std of q(x_s | x_t, x_0)
-        if i == steps - 1:
-            c = torch.zeros_like(c)
-        x = bcast(a_s, x) * x0 + bcast((s_s**2 - c**2).clamp_min(0).sqrt(), x) * eps
-        if i < steps - 1 and eta > 0:
-            x = x + bcast(c, x) * _noise(x, generator)
-    return SampleResult(x, score.n)
+    f, ts = _setup(denoiser, schedule, x_T, steps, ts, grid, t_max, t_min)
+    x = x_T
+    for i in range(len(ts) - 1):
+        t, s = ts[i], ts[i + 1]
+        a_t, s_t, _, _ = _coefs(schedule, t, x)
+        a_s, s_s, _, _ = _coefs(schedule, s, x)
+        x0, eps = f(x, t)
+        if x0_clip is not None:
+            x0 = x0.clamp(-x0_clip, x0_clip)
+            eps = (x - a_t * x0) / s_t
+        var_ts = (s_t**2 - (a_t / a_s) ** 2 * s_s**2).clamp_min(0.0)  # Var(x_t | x_s)
+        c = eta * (var_ts * s_s**2 / s_t**2).sqrt() if i < len(ts) - 2 else torch.zeros_like(s_s)
+        x = a_s * x0 + (s_s**2 - c**2).clamp_min(0.0).sqrt() * eps
+        if eta > 0 and i < len(ts) - 2:
+            x = x + c * _noise(x, generator)
+    return SampleResult(x, f.n)
+
+
+def ddpm_ancestral(
+    denoiser, schedule, x_T, steps=None, *, ts=None, grid="uniform", t_max=1.0, t_min=1e-3, x0_clip=None,
+    generator=None,
+) -> SampleResult:  # fmt: skip
+    """Ancestral sampling: ``x_s ~ q(x_s | x_t, x0_hat)``, the forward process's Gaussian posterior with ``x_0``
+    replaced by the denoiser's estimate (Ho et al. 2020, algorithm 2, for any schedule) = DDIM with ``eta = 1``."""
+    return ddim(denoiser, schedule, x_T, steps, eta=1.0, ts=ts, grid=grid, t_max=t_max, t_min=t_min,
+                x0_clip=x0_clip, generator=generator)  # fmt: skip
+
+
+@torch.no_grad()
+def euler_maruyama(
+    denoiser, schedule, x_T, steps=None, *, ts=None, grid="uniform", t_max=1.0, t_min=1e-3, generator=None
+) -> SampleResult:
+    """Reverse-time SDE by Euler-Maruyama: ``x <- x + (f x - g^2 score) dt + g sqrt(|dt|) z`` with ``dt < 0``.
+    Stable while ``g^2 |dt| / sigma^2 = |d lambda|`` is small (use ``grid="logsnr"`` near ``alpha = 0``).
+    The last step adds no noise."""
+    f, ts = _setup(denoiser, schedule, x_T, steps, ts, grid, t_max, t_min, needs_sde=True)
+    x = x_T
+    for i in range(len(ts) - 1):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        x = x + dt * reverse_sde_drift(schedule, t, *f(x, t))
+        if i < len(ts) - 2:
+            x = x + schedule.g(t) * (-dt).sqrt() * _noise(x, generator)
+    return SampleResult(x, f.n)
+
+
+def langevin_step(
+    score: torch.Tensor, x: torch.Tensor, snr: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One Langevin MCMC step targeting ``p_t`` given ``score = grad log p_t(x)``: ``x + eps s + sqrt(2 eps) z``
+    with ``eps = 2 (snr ||z|| / ||s||)^2``, norms averaged over the batch (Song et al. 2021, algorithm 5 and
+    their code; a per-example ratio explodes in low dimension, where ``||s||`` can be near zero)."""
+    z = _noise(x, generator)
+    s_norm = score.reshape(x.shape[0], -1).norm(dim=1).mean().clamp_min(1e-12)
+    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
+    eps = 2 * (snr * z_norm / s_norm) ** 2
+    return x + eps * score + (2 * eps).sqrt() * z
+
+
+@torch.no_grad()
+def predictor_corrector(
+    denoiser, schedule, x_T, steps=None, *, snr=0.16, n_corrector=1, ts=None, grid="uniform", t_max=1.0,
+    t_min=1e-3, generator=None,
+) -> SampleResult:  # fmt: skip
+    """Predictor-corrector, in the order of Song et al.'s code: at each grid time ``t_i``, first ``n_corrector``
+    Langevin steps targeting ``p_{t_i}``, then one Euler-Maruyama predictor step to ``t_{i+1}``.
+    ``NFE = steps * (1 + n_corrector)``."""
+    if not snr > 0 or not isinstance(n_corrector, int) or n_corrector < 0:
+        raise ValueError(f"need snr > 0 and an int n_corrector >= 0, got snr={snr!r}, n_corrector={n_corrector!r}")
+    f, ts = _setup(denoiser, schedule, x_T, steps, ts, grid, t_max, t_min, needs_sde=True)
+    x = x_T
+    for i in range(len(ts) - 1):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        s_t = schedule.sigma(t)
+        for _ in range(n_corrector):
+            x = langevin_step(-f(x, t)[1] / s_t, x, snr, generator)  # score = -eps_hat / sigma
+        x = x + dt * reverse_sde_drift(schedule, t, *f(x, t))
+        if i < len(ts) - 2:
+            x = x + schedule.g(t) * (-dt).sqrt() * _noise(x, generator)
+    return SampleResult(x, f.n)
 
 
 SAMPLERS: dict[str, Callable[..., SampleResult]] = {
+    "euler": euler,
+    "heun": heun,
+    "ode": probability_flow_ode,
+    "ddim": ddim,
+    "ddpm": ddpm_ancestral,
     "em": euler_maruyama,
     "pc": predictor_corrector,
-    "ode": probability_flow_ode,
-    "ddpm": ddpm_ancestral,
-    "ddim": ddim,
 }
-"""Name -> sampler, for loops over samplers."""
+"""Name -> sampler, for loops over samplers. Stochastic ones (``ddpm``, ``em``, ``pc``, ``ddim`` with
+``eta > 0``) take ``generator``; ``ode`` takes no grid."""
+
+STOCHASTIC = ("ddpm", "em", "pc")

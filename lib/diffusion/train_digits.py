@@ -6,8 +6,8 @@ Chapter: "Diffusion as stochastic differential equations" (``chapters/diffusion_
     python -m lib.diffusion.train_digits --steps 20000 --out weights/digits_vp_mlp.safetensors
 
 The chapter trains a short run of the same config itself and loads the checkpoint for the longer one.
-The network is ``lib.nn.unet.TimeMLP`` on the flattened 64 pixels (the UNet of ``lib.nn.unet`` works too,
-``--arch unet``, but costs tens of times more per step on a CPU), predicting ``eps``.
+The network is ``lib.nn.unet.TimeMLP`` on the flattened 64 pixels, predicting ``eps``; ``--arch unet`` trains the
+UNet of ``lib.nn.unet`` instead, with ``--base-channels`` (default 32) as its width (``--hidden`` is the MLP's).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import torch
 
 from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.diffusion.ema import EMA, EMAStep
-from lib.diffusion.score import DSMLoss
-from lib.diffusion.sde import VPSDE
+from lib.diffusion.loss import DiffusionLoss
+from lib.diffusion.schedules import VPSDE
+from lib.diffusion.timesteps import TimeSampler
 from lib.nn.unet import MLPConfig, TimeMLP, UNet, UNetConfig
 from lib.utils import get_device, seed_everything
 
@@ -37,7 +38,9 @@ class DigitsDiffusionConfig:
     arch: str = "mlp"
     """``"mlp"`` (TimeMLP on 64 pixels) or ``"unet"``."""
     hidden: int = 256
-    """MLP width (``unet``: base channels)."""
+    """MLP width (``mlp`` only)."""
+    base_channels: int = 32
+    """UNet channels at full resolution (``unet`` only)."""
     depth: int = 3
     """MLP residual blocks (ignored by ``unet``)."""
     time_dim: int = 128
@@ -62,8 +65,8 @@ class DigitsDiffusionConfig:
     def __post_init__(self) -> None:
         if self.arch not in ("mlp", "unet"):
             raise ValueError(f"arch must be 'mlp' or 'unet', got {self.arch!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.hidden < 1 or self.depth < 1:
-            raise ValueError("steps, batch_size, hidden and depth must be positive")
+        if min(self.steps, self.batch_size, self.hidden, self.depth, self.base_channels) < 1:
+            raise ValueError("steps, batch_size, hidden, depth and base_channels must be positive")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
 
@@ -75,7 +78,7 @@ class DigitsDiffusionConfig:
 def make_model(config: DigitsDiffusionConfig) -> torch.nn.Module:
     """The untrained network of ``config``: ``model(x (B, 1, 8, 8), t (B,)) -> eps_hat (B, 1, 8, 8)``."""
     if config.arch == "unet":
-        return UNet(UNetConfig(base_channels=config.hidden, time_dim=config.time_dim))
+        return UNet(UNetConfig(base_channels=config.base_channels, time_dim=config.time_dim))
     return TimeMLP(MLPConfig(dim=64, hidden=config.hidden, depth=config.depth, time_dim=config.time_dim,
                              image_shape=(1, 8, 8)))  # fmt: skip
 
@@ -91,7 +94,7 @@ class TrainedDigits:
 
 
 def train_digits_diffusion(config: DigitsDiffusionConfig = DigitsDiffusionConfig(), device=None) -> TrainedDigits:  # noqa: B008
-    """Train the eps-prediction DSM model on the digits train split through ``lib.train.train``."""
+    """Train the eps-prediction model (DDPM's simple loss) on the digits train split through ``lib.train.train``."""
     from lib.data.digits import load_digits
     from lib.train import train
 
@@ -108,7 +111,7 @@ def train_digits_diffusion(config: DigitsDiffusionConfig = DigitsDiffusionConfig
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     step_fn = EMAStep(opt, ema) if ema is not None else None
-    loss = DSMLoss(config.sde, parameterisation="eps", weighting="eps", t_eps=config.t_eps)
+    loss = DiffusionLoss(config.sde, "eps", t_sampler=TimeSampler(t_min=config.t_eps))
     hist = train(model, loss, batch, config.steps, optimizer=None if step_fn else opt, step_fn=step_fn,
                  scheduler=sched, log_every=max(1, config.steps // 200), desc="digits VP-SDE")  # fmt: skip
     final = ema.model if ema is not None else model

@@ -2,8 +2,9 @@
 context optional) and an MLP for 2D data.
 
 Chapter: "Diffusion as stochastic differential equations" (``chapters/diffusion_sde.ipynb``); the Guidance
-(labels, ``y = None`` as the null label), Latent Diffusion (``context``), and ControlNet (``encode`` /
-``decode`` and the ``down_residuals`` / ``mid_residual`` hooks) chapters reuse it.
+(labels; ``null_condition`` for condition dropout and guidance), Latent Diffusion (``context``, a learned null
+context), and ControlNet (``encode`` / ``decode`` with the ``input_residual``, ``down_residuals`` and
+``mid_residual`` hooks) chapters reuse it.
 
 References: Ronneberger, Fischer and Brox, "U-Net", 2015; Ho et al. 2020 (appendix B: residual blocks with
 a time embedding, GroupNorm, self-attention at low resolution); Rombach et al. 2022 (cross-attention to a
@@ -14,8 +15,10 @@ Glossary
 x        ``(B, C, H, W)`` noisy image; ``t`` ``(B,)`` diffusion time in [0, 1]
 emb      ``(B, time_dim)`` time embedding (+ class embedding when ``num_classes`` is set)
 y        ``(B,)`` class labels; ``None`` or ``num_classes`` means "no label" (classifier-free guidance)
-context  ``(B, L, context_dim)`` token sequence attended to by cross-attention (text, layouts, ...)
+context  ``(B, L, context_dim)`` token sequence attended to by cross-attention (text, layouts, ...); ``None``
+         means the learned null context (one token)
 hs       skip activations of the encoder, consumed in reverse order by the decoder
+null_condition(cond, drop)  the model's "unconditional" input: rows with ``drop[k]`` get the null ``k``
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ class TimeEmbedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
 
     def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.mlp(timestep_embedding(t, self.time_dim).to(self.mlp[0].weight.dtype))
+        # the sinusoid and its MLP in (at least) float32, also under autocast: t near 1 in bf16 is off by 0.004
+        l1, l2, w = self.mlp[0], self.mlp[2], self.mlp[0].weight
+        dt = torch.promote_types(w.dtype, torch.float32)
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            h = timestep_embedding(t.float(), self.time_dim).to(dt)
+            h = nn.functional.linear(h, l1.weight.to(dt), l1.bias.to(dt))
+            emb = nn.functional.linear(nn.functional.silu(h), l2.weight.to(dt), l2.bias.to(dt)).to(w.dtype)
         if self.label is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
@@ -60,6 +69,18 @@ class TimeEmbedding(nn.Module):
         elif y is not None:
             raise ValueError("y given but the network has no class embedding (num_classes=None)")
         return emb
+
+
+def null_labels(cond: dict, drop: dict, num_classes: int | None, n: int) -> dict:
+    """``cond`` with ``y`` replaced by the null label ``num_classes`` where ``drop["y"]`` is True."""
+    out = dict(cond)
+    if "y" in drop:
+        if num_classes is None:
+            raise ValueError("cannot drop y: the network has no class embedding (num_classes=None)")
+        y = cond.get("y")
+        y = torch.full((n,), num_classes, dtype=torch.long, device=drop["y"].device) if y is None else y
+        out["y"] = torch.where(drop["y"], torch.full_like(y, num_classes), y)
+    return out
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -109,7 +130,7 @@ class AttentionBlock(nn.Module):
         h = x.reshape(B, c, H * W).transpose(1, 2) + self.proj(a)  # (B, HW, c)
         if hasattr(self, "kv"):
             if context is None:
-                raise ValueError("this UNet has cross-attention (context_dim set): pass context (B, L, context_dim)")
+                raise ValueError("this block has cross-attention (context_dim set): pass context (B, L, context_dim)")
             q = self._split(self.q(self.norm_x(h)))
             k, v = (self._split(z) for z in self.kv(context).chunk(2, dim=-1))
             mask = None if context_mask is None else context_mask[:, None, None, :].bool()  # (B, 1, 1, L)
@@ -125,7 +146,7 @@ class UNetConfig:
     in_channels: int = 1
     """Image channels (1 for digits, 4 for a latent)."""
     base_channels: int = 32
-    """Channels at full resolution."""
+    """Channels at full resolution (not an MLP's ``hidden``: 32 gives a ~1M-parameter UNet at 8x8)."""
     channel_mults: tuple[int, ...] = (1, 2)
     """Channel multiplier per resolution level (each level after the first halves H and W)."""
     num_res_blocks: int = 1
@@ -142,6 +163,14 @@ class UNetConfig:
     """Cross-attention to a ``(B, L, context_dim)`` context when set."""
     dropout: float = 0.0
     """Dropout inside residual blocks."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_channels, int) or self.base_channels < 1:
+            raise ValueError(f"base_channels must be a positive int, got {self.base_channels!r}")
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must be a non-empty tuple of positive ints, got {self.channel_mults!r}")
+        if any(self.base_channels * m % self.heads for m in self.channel_mults):
+            raise ValueError(f"base_channels * each channel_mult must be divisible by heads={self.heads}")
 
 
 class UNet(nn.Module):
@@ -180,6 +209,29 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        if cfg.context_dim is not None:  # the learned "no text" context: one token
+            self.null_context = nn.Parameter(torch.zeros(1, 1, cfg.context_dim))
+
+    def null_condition(self, cond: dict, drop: dict) -> dict:
+        """``cond`` with rows where ``drop[k]`` (``(B,)`` bool) is True replaced by the null ``k``: label
+        ``num_classes`` for ``y``, the learned null token for ``context`` (its ``context_mask`` rows all True)."""
+        unknown = set(drop) - {"y", "context"}
+        if unknown:
+            raise ValueError(f"UNet can drop 'y' and 'context', not {sorted(unknown)}")
+        n = next(iter(drop.values())).shape[0] if drop else 0
+        out = null_labels(cond, drop, self.config.num_classes, n)
+        if "context" in drop:
+            if self.config.context_dim is None:
+                raise ValueError("cannot drop context: the UNet has no cross-attention (context_dim=None)")
+            ctx, d = cond.get("context"), drop["context"]
+            if ctx is None:
+                out["context"] = self.null_context.expand(n, 1, -1)
+                out.pop("context_mask", None)
+                return out
+            out["context"] = torch.where(d[:, None, None], self.null_context.to(ctx.dtype).expand_as(ctx), ctx)
+            if cond.get("context_mask") is not None:
+                out["context_mask"] = cond["context_mask"].bool() | d[:, None]
+        return out
 
     def _check(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -188,17 +240,28 @@ class UNet(nn.Module):
         f = 2 ** (len(cfg.channel_mults) - 1)
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"H and W must be divisible by {f}, got {tuple(x.shape[2:])}")
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
         return t.expand(x.shape[0]) if t.dim() == 0 else t
 
     def _block(self, blk, h, emb, context, context_mask):
         h = blk[0](h, emb)
         return blk[1](h, context, context_mask) if isinstance(blk[1], AttentionBlock) else h
 
-    def encode(self, x, t, y=None, context=None, context_mask=None):
-        """Encoder + middle: returns ``(h, hs, emb)`` (ControlNet copies this half)."""
+    def _context(self, x, context, context_mask):
+        if self.config.context_dim is not None and context is None:
+            return self.null_context.to(x.dtype).expand(x.shape[0], 1, -1), None
+        return context, context_mask
+
+    def encode(self, x, t, y=None, context=None, context_mask=None, input_residual=None):
+        """Encoder + middle: returns ``(h, hs, emb)``. ControlNet runs a trainable copy of this half and adds
+        its condition embedding after ``conv_in`` through ``input_residual`` ``(B, base_channels, H, W)``."""
         emb = self.embed(self._check(x, t), y)
+        context, context_mask = self._context(x, context, context_mask)
         h = self.conv_in(x)
+        if input_residual is not None:
+            if input_residual.shape != h.shape:
+                raise ValueError(f"input_residual must have shape {tuple(h.shape)}, got {tuple(input_residual.shape)}")
+            h = h + input_residual
         hs = [h]
         for blk in self.down:
             h = blk[0](h) if len(blk) == 1 else self._block(blk, h, emb, context, context_mask)
@@ -210,6 +273,7 @@ class UNet(nn.Module):
     def decode(self, h, hs, emb, context=None, context_mask=None, down_residuals=None, mid_residual=None):
         """Decoder: consumes the skips ``hs`` (plus optional ``down_residuals``, one per skip, and a
         ``mid_residual``, as ControlNet adds them)."""
+        context, context_mask = self._context(h, context, context_mask)
         if down_residuals is not None:
             if len(down_residuals) != len(hs):
                 raise ValueError(f"down_residuals must have {len(hs)} tensors, got {len(down_residuals)}")
@@ -225,6 +289,7 @@ class UNet(nn.Module):
         return self.out(h)
 
     def forward(self, x, t, y=None, context=None, context_mask=None, down_residuals=None, mid_residual=None):
+        """``(B, C, H, W)``; ``down_residuals`` / ``mid_residual`` are ControlNet's additions (see ``decode``)."""
         h, hs, emb = self.encode(x, t, y, context, context_mask)
         return self.decode(h, hs, emb, context, context_mask, down_residuals, mid_residual)
 
@@ -269,12 +334,19 @@ class TimeMLP(nn.Module):
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
 
+    def null_condition(self, cond: dict, drop: dict) -> dict:
+        """``cond`` with ``y`` replaced by the null label ``num_classes`` where ``drop["y"]`` is True."""
+        if set(drop) - {"y"}:
+            raise ValueError(f"TimeMLP can drop only 'y', not {sorted(set(drop) - {'y'})}")
+        n = drop["y"].shape[0] if "y" in drop else 0
+        return null_labels(cond, drop, self.config.num_classes, n)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         shape = (cfg.dim,) if cfg.image_shape is None else tuple(cfg.image_shape)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
         emb = self.embed(t.expand(x.shape[0]) if t.dim() == 0 else t, y)  # (B, time_dim)
         h = self.inp(x.reshape(x.shape[0], cfg.dim))  # (B, H)
         for norm, w1, proj, w2 in zip(self.norms, self.w1, self.emb, self.w2, strict=True):

@@ -51,5 +51,12 @@ def test_ema_and_unet_arch():
     assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * net.weight)
     with pytest.raises(ValueError, match="decay"):
         EMA(net, decay=1.0)
-    cfg = DigitsDiffusionConfig(arch="unet", hidden=8, time_dim=16, steps=1, batch_size=2)
+    cfg = DigitsDiffusionConfig(arch="unet", base_channels=8, time_dim=16, steps=1, batch_size=2)
     assert train_digits_diffusion(cfg, device="cpu").model(torch.randn(2, 1, 8, 8), torch.rand(2)).shape == (2, 1, 8, 8)
+    # --arch unet uses base_channels, not the MLP's hidden=256 (which made a 40M-parameter UNet)
+    from lib.diffusion.train_digits import make_model
+
+    n_unet = sum(p.numel() for p in make_model(DigitsDiffusionConfig(arch="unet")).parameters())
+    assert n_unet < 2_000_000 and make_model(DigitsDiffusionConfig(arch="unet")).config.base_channels == 32
+    with pytest.raises(ValueError, match="base_channels"):
+        DigitsDiffusionConfig(base_channels=0)
