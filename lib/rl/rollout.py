@@ -17,6 +17,11 @@ rewards      r_{t+1}        (T, N)
 terminated   s_{t+1} is terminal: no future reward, do not bootstrap          (T, N) bool
 truncated    the episode was cut (time limit) at s_{t+1}: bootstrap from V(s_{t+1})  (T, N) bool
 next_obs     s_{t+1}, the true next state (the final observation when the episode ended)
+
+Off-policy collection (DDPG chapter): ``explore`` is an optional hook (``lib.rl.noise.ActionNoise``) that
+turns the policy's actions into the executed ones (Gaussian or OU noise, uniform warm-up) and is told
+which episodes ended (``explore.reset(done)``, so OU noise restarts at 0); with ``store_executed=True``
+the stored action is the one the environment received (after noise and clipping to the box).
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ class RolloutCollector:
 
     ``steps`` counts environment transitions summed over all N copies (the budget unit of the chapter).
     ``episodes`` lists ``(step, return)`` of every finished training episode (the learning curve).
+    ``explore`` (optional) maps the policy's actions (N, act_dim) to the actions to execute and has a
+    ``reset(done)`` method; ``store_executed`` stores the executed, clipped action instead of the
+    policy's own (off-policy learners need the former; A2C's log-probabilities need the latter).
     """
 
     envs: object
@@ -77,6 +85,8 @@ class RolloutCollector:
     seed: int = 0
     steps: int = 0
     episodes: list[tuple[int, float]] = field(default_factory=list)
+    explore: object | None = None
+    store_executed: bool = False
 
     def __post_init__(self) -> None:
         obs, _ = self.envs.reset(seed=self.seed)
@@ -93,7 +103,11 @@ class RolloutCollector:
         buf: dict[str, list] = {k: [] for k in Rollout.__dataclass_fields__}
         for _ in range(n_steps):
             a = self.policy.act(self._obs)  # (N,) or (N, act_dim)
+            if self.explore is not None:
+                a = self.explore(a)
             a_env = a.numpy() if self._box is None else np.clip(a.numpy(), *self._box)
+            if self.store_executed:
+                a = torch.as_tensor(a_env)
             obs, r, term, trunc, info = self.envs.step(a_env)
             next_obs = np.array(obs, dtype=np.float32, copy=True)
             if "_final_obs" in info:  # SAME_STEP: replace reset observations by the true final ones
@@ -106,6 +120,8 @@ class RolloutCollector:
             for i in np.flatnonzero(term | trunc):
                 self.episodes.append((self.steps, float(self._ep_return[i])))
                 self._ep_return[i] = 0.0
+            if self.explore is not None and (term | trunc).any():
+                self.explore.reset(term | trunc)
             self._obs = torch.as_tensor(obs, dtype=torch.float32)
         out = {k: torch.stack(v) for k, v in buf.items()}
         return Rollout(
