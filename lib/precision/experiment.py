@@ -12,7 +12,11 @@ use the same optimizer and hyper-parameters; only the number formats differ (:da
 ``"fp16_master_unscaled"``  ablation: FP32 master weights but no loss scaling (``S = 1``);
 ``"fp8"``          FP32 parameters, every linear layer's product with FP8-rounded operands (E4M3 forward,
                    E5M2 output gradients) and delayed per-tensor scaling (:mod:`lib.precision.fp8`);
-``"fp8_unscaled"`` ablation: the same FP8 rounding without scaling (``s = 1``).
+``"fp8_unscaled"`` ablation: the same FP8 rounding without scaling (``s = 1``);
+``"fp16_no_master"`` ablation of the master copy alone: FP16 model, optimizer and its state in FP32,
+                   no loss scaling, but the FP32 weights are reset to the rounded FP16 weights after
+                   every step (``MasterWeightStep(keep_master=False)``), so updates are swamped as in
+                   pure FP16 while the optimizer state is the same as in ``fp16_master_unscaled``.
 
 The ablations of the chapter change the configuration, not the mode: Adam's ``eps``, SGD instead of
 Adam, a small ``loss_weight`` (gradients in the underflow zone), fine-tuning at a small learning rate
@@ -42,6 +46,8 @@ MODES = ("fp32", "fp16", "fp16_master", "bf16", "fp16_master_unscaled")
 """The five modes of the chapter's main comparison."""
 FP8_MODES = ("fp8", "fp8_unscaled")
 """The emulated FP8 modes (slower on a CPU: every product rounds its operands)."""
+ABLATION_MODES = ("fp16_no_master",)
+"""Modes that exist only for an ablation (the swamping arm of the study)."""
 
 
 @dataclass(frozen=True)
@@ -139,13 +145,13 @@ def train_digits(
     """Train :func:`make_mlp` full-batch on ``(x, y)`` in precision ``mode`` (one of :data:`MODES`).
 
     Args:
-        mode: one of :data:`MODES` or :data:`FP8_MODES`.
+        mode: one of :data:`MODES`, :data:`FP8_MODES` or :data:`ABLATION_MODES`.
         x: images ``(N, 1, 8, 8)`` float32; y: labels ``(N,)`` int64.
         cfg: hyper-parameters (default :class:`DigitsRunConfig`).
         init: FP32 ``state_dict`` to start from (fine-tuning) instead of the seeded initialisation.
     """
-    if mode not in MODES + FP8_MODES:
-        raise ValueError(f"mode must be one of {MODES + FP8_MODES}, got {mode!r}")
+    if mode not in MODES + FP8_MODES + ABLATION_MODES:
+        raise ValueError(f"mode must be one of {MODES + FP8_MODES + ABLATION_MODES}, got {mode!r}")
     if x.ndim != 4 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x must be (N, 1, 8, 8) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     cfg = cfg or DigitsRunConfig()
@@ -170,8 +176,8 @@ def train_digits(
         to_fp8(model, "delayed" if mode == "fp8" else "none")
     if mode == "fp16_master":
         scaler = DynamicLossScaler(cfg.init_scale, growth_interval=cfg.growth_interval)
-    if mode.startswith("fp16_master"):
-        kwargs["step_fn"] = MasterWeightStep(model, opt, scaler)
+    if mode.startswith("fp16_master") or mode == "fp16_no_master":
+        kwargs["step_fn"] = MasterWeightStep(model, opt, scaler, keep_master=mode != "fp16_no_master")
         optimizer = kwargs["step_fn"].optimizer
     else:
         optimizer = kwargs["optimizer"] = opt(model.parameters())

@@ -9,7 +9,7 @@ scale maps the tensor's largest magnitude ``amax`` near the format's maximum,
 
 so the tensor uses the top of the range and as few values as possible fall into the subnormals.
 *Current* scaling computes ``amax`` of the tensor being cast (an extra pass over it); *delayed* scaling
-(Transformer Engine's default) uses the maximum of the ``amax`` values recorded over the last
+(Transformer Engine's ``DelayedScaling`` recipe) uses the maximum of the ``amax`` values recorded over the last
 ``history_len`` steps, so the cast needs no extra pass; values that outgrow the history saturate at
 ``±fp8_max``. The recipe of the paper: E4M3 (more precision) for weights and activations in the forward
 pass, E5M2 (more range) for the gradients in the backward pass; matrix products accumulate in FP32.
@@ -67,8 +67,13 @@ class DelayedScaling:
     """Per-tensor scale from the history of amax values (Transformer Engine's delayed scaling).
 
     :meth:`__call__` quantizes with the *current* scale (computed from earlier tensors), then records this
-    tensor's amax and recomputes the scale for the next call. Before any history exists it uses the
-    tensor's own amax (the first call is current scaling).
+    tensor's amax and recomputes the scale for the next call from the largest amax of the history
+    (Transformer Engine's ``amax_compute_algo="max"``); when that is 0 or not finite the scale is kept, as
+    Transformer Engine does. Two deliberate differences from Transformer Engine's ``DelayedScaling``
+    (whose defaults are ``amax_history_len=1024``, ``margin=0``): the first call, before any history
+    exists, uses the tensor's own amax (current scaling) where Transformer Engine starts from ``s = 1``;
+    and the scale is rounded down to a power of two (:func:`amax_scale`), where Transformer Engine uses
+    the FP32 quotient ``fp8_max / amax / 2**margin`` as it is.
     """
 
     fmt: torch.dtype = E4M3
@@ -96,7 +101,9 @@ class DelayedScaling:
         self.saturated += int((x.detach().abs() * s > float_info(self.fmt).max).sum())
         q = quantize(x, self.fmt, s)
         self.history = (self.history + [amax])[-self.history_len :]
-        self.scale = amax_scale(max(self.history), self.fmt, self.margin)
+        top = max(self.history)
+        if top > 0 and math.isfinite(top):  # else keep the scale (Transformer Engine's rule)
+            self.scale = amax_scale(top, self.fmt, self.margin)
         return q
 
 

@@ -8,13 +8,18 @@ Each arm is one :class:`~lib.precision.experiment.DigitsRunConfig` and the preci
 ``sgd``         momentum SGD (no ``eps``, no squared gradients): does pure FP16 still fail?
 ``underflow``   the loss multiplied by ``2**-12``: gradients in FP16's underflow zone (loss scaling's job);
 ``swamping``    fine-tuning the trained FP32 ``main`` model with SGD at a small learning rate: updates
-                below half an FP16 ulp of the weights (the master weights' job);
+                below half an FP16 ulp of the weights (the master weights' job); ``fp16_no_master``
+                keeps FP32 optimizer state but no master copy (is the lost update the cause?);
 ``fp8``         emulated FP8 products with delayed per-tensor scaling, and without scaling;
 ``fp8_underflow`` the same with the loss multiplied by ``2**-12`` (per-tensor scaling's job).
 
 Usage (writes a results file with provenance through :func:`lib.utils.save_results`)::
 
     python -m lib.precision.study --seeds 0 1 2 --out results/mixed_precision/study.json
+    python -m lib.precision.study --seeds 0 1 2 --arms swamping --out results/mixed_precision/swamping.json
+
+(the second adds the ``fp16_no_master`` ablation to the swamping arm; its other modes reproduce the
+first file's bit for bit).
 
 Chapter: "Mixed precision training" (``chapters/mixed_precision.ipynb``), which runs seed 0 of some
 arms live and reads the three-seed figures from the committed file.
@@ -43,7 +48,10 @@ ARMS: dict[str, tuple[DigitsRunConfig, tuple[str, ...]]] = {
     "adam_eps": (DigitsRunConfig(eps=1e-4), ("fp32", "fp16", "fp16_master")),
     "sgd": (DigitsRunConfig(optimizer="sgd", lr=0.1), ("fp32", "fp16", "fp16_master")),
     "underflow": (DigitsRunConfig(loss_weight=2.0**-12), ("fp32", "fp16_master", "fp16_master_unscaled", "bf16")),
-    "swamping": (DigitsRunConfig(optimizer="sgd", lr=3e-3), ("fp32", "fp16", "fp16_master_unscaled")),
+    "swamping": (
+        DigitsRunConfig(optimizer="sgd", lr=3e-3),
+        ("fp32", "fp16", "fp16_master_unscaled", "fp16_no_master"),
+    ),
     "fp8": (DigitsRunConfig(), ("fp32", "fp8", "fp8_unscaled")),
     "fp8_underflow": (DigitsRunConfig(loss_weight=2.0**-12), ("fp32", "fp8", "fp8_unscaled")),
 }

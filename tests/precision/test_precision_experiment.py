@@ -1,4 +1,4 @@
-"""The chapter's four runs, smoke-sized (lib/precision/experiment.py)."""
+"""The chapter's runs (five main modes, the FP8 and ablation modes), smoke-sized (lib/precision/experiment.py)."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def data():
     return d.x[:256], d.y[:256]
 
 
-def test_four_runs_smoke(data):
+def test_main_modes_smoke(data):
     x, y = data
     cfg = DigitsRunConfig(hidden=32, steps=15, lr=3e-3)
     runs = {m: train_digits(m, x, y, cfg) for m in MODES}
@@ -37,6 +37,12 @@ def test_sgd_runs_and_bad_mode(data):
     x, y = data
     r = train_digits("fp16_master", x, y, DigitsRunConfig(hidden=16, steps=3, optimizer="sgd", lr=0.1))
     assert len(r.history.metrics["loss_scale"]) == 3
+    nm = train_digits("fp16_no_master", x, y, DigitsRunConfig(hidden=16, steps=3, optimizer="sgd", lr=0.1))
+    params = list(nm.model.parameters())
+    assert params[0].dtype == torch.float16 and isinstance(nm.optimizer, torch.optim.SGD)
+    masters = [w for g in nm.optimizer.param_groups for w in g["params"]]
+    assert all(w.dtype == torch.float32 for w in masters)  # FP32 optimizer and state ...
+    assert all(torch.equal(w, p.float()) for w, p in zip(masters, params, strict=True))  # ... no master memory
     with pytest.raises(ValueError, match="mode"):
         train_digits("fp4", x, y)
     with pytest.raises(ValueError, match="optimizer"):

@@ -1,6 +1,8 @@
 """Generic rounding vs torch's casts, per-tensor and delayed scaling, the FP8 linear layer
 (lib/precision/rounding.py round_to_format, lib/precision/fp8.py)."""
 
+import math
+
 import pytest
 import torch
 
@@ -85,6 +87,39 @@ def test_delayed_scaling_uses_the_history():
         DelayedScaling(torch.float16)
     with pytest.raises(ValueError, match="history_len"):
         DelayedScaling(E4M3, history_len=0)
+
+
+def test_delayed_scaling_follows_transformer_engines_rule():
+    """TE: scale = fp8_max / max(amax history) / 2**margin, kept when that max is 0 or not finite.
+
+    Reference written from TE's documented rule (``amax_compute_algo="max"``); ours additionally rounds
+    the scale down to a power of two and starts with current scaling (TE starts at s = 1).
+    """
+    g = torch.Generator().manual_seed(3)
+    amaxes = [0.5, 3.0, 0.0, 0.0, 0.0, 0.0, 0.02, 40.0, 1.0]  # a run of all-zero tensors in the middle
+    for fmt, margin in [(E4M3, 0), (E5M2, 2)]:
+        ds = DelayedScaling(fmt, history_len=3, margin=margin)
+        fp8_max, hist, ref = float_info(fmt).max, [], None
+        for a in amaxes:
+            x = torch.randn(64, generator=g)
+            x = a * x / x.abs().max() if a > 0 else torch.zeros(64)
+            if ref is None:
+                ref = amax_scale(a, fmt, margin)
+            used = ds.scale if ds.scale is not None else ref
+            assert used == ref
+            ds(x)
+            hist = (hist + [float(x.abs().max())])[-3:]
+            top = max(hist)
+            if top > 0:  # TE keeps the previous scale when the history's amax is 0
+                te = fp8_max / top / 2**margin
+                ref = 2.0 ** math.floor(math.log2(te))
+                assert ref <= te < 2 * ref
+            assert ds.scale == ref
+        assert ds.scale == amax_scale(40.0, fmt, margin)
+    ds = DelayedScaling(E4M3, history_len=1)
+    ds(torch.ones(3))
+    ds(torch.zeros(3))
+    assert ds.scale == amax_scale(1.0)  # amax 0: the scale is kept, not reset to 1
 
 
 def test_fp8_linear_forward_and_backward():
