@@ -215,8 +215,8 @@ def reinforce_batch(ro: Rollout, policy: nn.Module, critic: nn.Module, cfg: Rein
 
     Steps of episodes still running at the end of a rollout wait in ``state`` for the next rollouts.
     An episode that spans an update therefore enters the next update with steps sampled by an older
-    policy: those terms are slightly off-policy (their importance ratio pi_new / pi_old is not 1, and we
-    do not correct it). ``state["stale_steps"] / state["steps_used"]`` counts how many (the chapter
+    policy (one or more updates old): those terms are off-policy (their importance ratio pi_new / pi_old
+    is not 1, and we do not correct it). ``state["stale_steps"] / state["steps_used"]`` counts how many (the chapter
     reports the fraction); dropping them instead would bias the updates towards short episodes.
     """
     n_updates = state.get("n_updates", 0)

@@ -32,6 +32,13 @@ def _check(name: str, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> 
         raise ValueError(f"{name} must have shape {shape} like rewards, got {tuple(x.shape)}")
 
 
+def _check_flags(rewards: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+    for name, x in (("terminated", terminated), ("truncated", truncated)):
+        _check(name, x, tuple(rewards.shape))
+        if x.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {x.dtype}")
+
+
 def _check_coef(name: str, value: float) -> None:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -77,9 +84,9 @@ def gae(
     _check("rewards", rewards)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (T, N), got {tuple(rewards.shape)}")
-    for name, x in (("values", values), ("next_values", next_values), ("terminated", terminated)):
+    for name, x in (("values", values), ("next_values", next_values)):
         _check(name, x, tuple(rewards.shape))
-    _check("truncated", truncated, tuple(rewards.shape))
+    _check_flags(rewards, terminated, truncated)
     _check_coef("gamma", gamma)
     _check_coef("lam", lam)
     not_term = 1.0 - terminated.to(rewards.dtype)
@@ -122,6 +129,8 @@ def episode_returns(
         G (T, N) and complete (T, N) bool.
     """
     _check("rewards", rewards)
+    _check("next_values", next_values, tuple(rewards.shape))
+    _check_flags(rewards, terminated, truncated)
     zeros = torch.zeros_like(rewards)
     bootstrap = torch.where(truncated & ~terminated, next_values, zeros)  # V only at truncations
     G = gae(rewards, zeros, bootstrap, terminated, truncated, gamma, 1.0)

@@ -1,8 +1,9 @@
 """The chapter's CartPole study: REINFORCE + baseline vs QAC vs A2C, and ablations, over seeds, one budget.
 
 Chapter: "Actor-critic, from the policy gradient theorem to A2C".
-Run: ``python -m lib.rl.study --seeds 0 1 2 --workers 2 --out results/rl/cartpole_study.json`` (27 runs
-of 100,000 steps, 20 to 170 s each on one thread). Each run trains for the full budget (no early
+Run: ``python -m lib.rl.study --seeds 0 1 2 --workers 2 --out results/rl/cartpole_study.json`` (30 runs
+of 100,000 steps, 20 to 170 s each on one thread); ``--merge --methods ...`` adds arms to an existing file,
+which records their own provenance under ``results["added"]``. Each run trains for the full budget (no early
 stop) and records its evaluation curve, the policy's entropy and the training returns; ``solved_at``
 is the first evaluation whose 20-episode greedy mean reaches ``target``, ``final_returns`` the 20
 returns of the final policy.
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shlex
 import sys
+from pathlib import Path
 
 from lib.rl.actor_critic import (
     A2CConfig,
@@ -24,7 +28,7 @@ from lib.rl.actor_critic import (
     train_reinforce,
 )
 from lib.rl.evaluate import evaluate_returns
-from lib.utils import save_results
+from lib.utils import load_results, provenance, save_results
 
 TARGET = 475.0
 """CartPole-v1's reward threshold: the bar is a 20-episode greedy mean of at least this."""
@@ -55,15 +59,18 @@ METHODS = (
     "QAC+baseline, lambda-critic",
     "QAC+baseline, slow actor",
     "QAC critic, GAE weight",
+    "QAC critic, TD-error weight",
     "A2C",
     "A2C, constant lr",
 )
-"""The arms of the CartPole study. The ablations each change one field of another arm:
+"""The arms of the CartPole study. "QAC+baseline" changes two fields of "QAC", both baselines: Psi = Q_w - V_Q,
+standardised over the batch (as A2C's). The ablations each change one field of another arm:
 "..., constant lr" turns off the learning-rate annealing that every other arm uses;
 "QAC+baseline, lambda-critic" trains QAC's critic on the lambda-return instead of the TD(0) target;
 "QAC+baseline, slow actor" gives the actor a learning rate 0.3 times the critic's (two time scales);
 "QAC critic, GAE weight" keeps QAC's critic but weights grad log pi by A2C's GAE computed with
-V_Q = sum_a pi Q_w, instead of by the critic's action differences Q_w(s, a) - V_Q(s)."""
+V_Q = sum_a pi Q_w, instead of by the critic's action differences Q_w(s, a) - V_Q(s);
+"QAC critic, TD-error weight" does the same with GAE(0), the one-step TD error r + gamma V_Q(s') - V_Q(s)."""
 
 SLOW_ACTOR = 0.3
 """Actor/critic learning-rate ratio of the "slow actor" arm."""
@@ -91,6 +98,7 @@ def configs(seed: int, total_steps: int, env_id: str = "CartPole-v1") -> dict:
         "QAC+baseline, lambda-critic": (train_qac, dataclasses.replace(qac_b, critic_lambda=lam)),
         "QAC+baseline, slow actor": (train_qac, dataclasses.replace(qac_b, actor_lr_scale=SLOW_ACTOR)),
         "QAC critic, GAE weight": (train_qac, dataclasses.replace(qac_b, actor_lambda=lam)),
+        "QAC critic, TD-error weight": (train_qac, dataclasses.replace(qac_b, actor_lambda=0.0)),
         "A2C": (train_a2c, A2CConfig(**common, gae_lambda=lam)),
         "A2C, constant lr": (train_a2c, A2CConfig(**{**common, "anneal_lr": False}, gae_lambda=lam)),
     }
@@ -193,6 +201,40 @@ def summarise(run: dict, target: float = TARGET) -> dict:
     }
 
 
+def merge_results(
+    path: str | Path,
+    seeds: list[int],
+    total_steps: int,
+    methods: list[str] | None,
+    env_id: str = "CartPole-v1",
+    workers: int = 1,
+    command: str | None = None,
+) -> Path:
+    """Run ``methods`` and add them to the study file at ``path``, which keeps its own provenance.
+
+    The new arms must be absent from the file and share its environment, budget and seeds; their
+    provenance is appended to ``results["added"]`` (one entry per merge).
+    """
+    payload = load_results(path)
+    old = payload["results"]
+    if not methods:
+        raise ValueError("methods must name the arms to add when merging")
+    if (old["env_id"], old["total_steps"], old["seeds"]) != (env_id, total_steps, list(seeds)):
+        raise ValueError(
+            f"env_id, total_steps and seeds must match the file's {old['env_id']}, {old['total_steps']}, "
+            f"{old['seeds']}; got {env_id}, {total_steps}, {list(seeds)}"
+        )
+    present = sorted(set(methods) & set(old["runs"]))
+    if present:
+        raise ValueError(f"methods must be new to {path}, already there: {present}")
+    new = run_study(seeds, total_steps, methods, env_id, workers)
+    old["runs"].update(new["runs"])
+    old.setdefault("added", []).append({"methods": list(new["runs"]), "provenance": provenance(command)})
+    path = Path(path)
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -201,10 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {', '.join(METHODS)}")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (one run each)")
     parser.add_argument("--out", default="results/rl/cartpole_study.json")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the runs to the existing --out file (same env, budget and seeds), recording their own provenance",
+    )
     args = parser.parse_args(argv)
     steps = args.total_steps or (100_000 if args.env == "CartPole-v1" else PENDULUM_A2C.total_steps)
+    command = "python -m lib.rl.study " + shlex.join(argv or sys.argv[1:])
+    if args.merge:
+        path = merge_results(args.out, args.seeds, steps, args.methods, args.env, args.workers, command)
+        print(f"merged into {path}")
+        return 0
     results = run_study(args.seeds, steps, args.methods, args.env, args.workers)
-    path = save_results(args.out, results, command="python -m lib.rl.study " + " ".join(argv or sys.argv[1:]))
+    path = save_results(args.out, results, command=command)
     print(f"wrote {path}")
     return 0
 

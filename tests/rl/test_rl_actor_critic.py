@@ -74,6 +74,14 @@ def test_policies_and_errors():
         pol(torch.zeros(5, 4))
     with pytest.raises(ValueError, match="episodes"):
         evaluate(pol, "Pendulum-v1", 0, 0)
+    with pytest.raises(ValueError, match="seed"):
+        evaluate_returns(pol, "Pendulum-v1", 1, -1)
+    with pytest.raises(TypeError, match="env_id"):
+        evaluate(pol, None, 1, 0)
+    with pytest.raises(TypeError, match="policy"):
+        evaluate(torch.nn.Linear(3, 2), "Pendulum-v1", 1, 0)
+    with pytest.raises(ValueError, match="every"):
+        episode_frames(pol, "Pendulum-v1", seed=0, every=0)
 
 
 @pytest.mark.parametrize(
@@ -220,3 +228,39 @@ def test_qac_batch_targets_and_baseline():
     torch.testing.assert_close(based.psi, (q_sa - V_Q).flatten())
     lam = qac_batch(ro, seed_policy, critic, QACConfig(critic_lambda=0.9), {})
     assert not torch.allclose(lam.critic_loss, plain.critic_loss)  # the lambda-return is another target
+
+
+def test_reinforce_batch_carries_unfinished_episodes_across_rollouts():
+    # hand-made rollouts, obs = a step id, critic 0: Psi must be the Monte Carlo return of each step, every
+    # step used exactly once, and the steps that an earlier policy sampled counted as stale
+    from lib.rl.actor_critic import reinforce_batch
+    from lib.rl.rollout import Rollout
+
+    class ZeroCritic(torch.nn.Module):
+        def forward(self, obs):
+            return torch.zeros(obs.shape[:-1])
+
+    def rollout(ids, rewards, terminated):
+        ids, f = torch.tensor(ids, dtype=torch.float32)[..., None], torch.zeros(len(ids), 2, dtype=torch.bool)
+        term = torch.tensor(terminated, dtype=torch.bool)
+        return Rollout(ids, torch.zeros(len(ids), 2, dtype=torch.long), torch.tensor(rewards), term, f, ids + 100)
+
+    gamma, cfg, state = 0.5, ReinforceConfig(gamma=0.5, episodes_per_update=1), {}
+    # env 0: episode A = ids 0, 2 (terminates at t = 1); episode B starts at id 4. env 1: nothing ends yet
+    first = rollout([[0, 1], [2, 3], [4, 5]], [[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]], [[0, 0], [1, 0], [0, 0]])
+    b1 = reinforce_batch(first, None, ZeroCritic(), cfg, state)
+    assert dict(zip(b1.obs[:, 0].tolist(), b1.psi.tolist(), strict=True)) == {0: 1 + gamma, 2: 1.0}
+    # env 0: B ends at id 6, a new episode starts at id 8; env 1: ids 1, 3, 5, 7, 9 end at id 9
+    second = rollout([[6, 7], [8, 9]], [[1.0, 4.0], [1.0, 5.0]], [[1, 0], [0, 1]])
+    b2 = reinforce_batch(second, None, ZeroCritic(), cfg, state)
+    env1 = [1.0, 2.0, 3.0, 4.0, 5.0]
+    expected = {4: 1 + gamma, 6: 1.0}
+    expected.update({2 * k + 1: sum(gamma**j * r for j, r in enumerate(env1[k:])) for k in range(5)})
+    got = dict(zip(b2.obs[:, 0].tolist(), b2.psi.tolist(), strict=True))
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k]), k
+    # stale: ids 4 (env 0) and 1, 3, 5 (env 1) were sampled before the first update; 9 steps used in all
+    assert state["steps_used"] == 9 and state["stale_steps"] == 4
+    assert state["pending"].obs[:, :, 0].tolist() == [[8.0, 9.0]]  # only the unfinished episode waits
+    assert reinforce_batch(rollout([[10, 11]], [[1.0, 1.0]], [[0, 0]]), None, ZeroCritic(), cfg, state) is None

@@ -73,3 +73,9 @@ def test_bad_inputs():
         gae([1.0], VALUES, NEXT_VALUES, TERMINATED, TRUNCATED, 0.5, 0.5)
     with pytest.raises(ValueError, match="rewards"):
         discounted_returns(REWARDS, 0.5)
+    with pytest.raises(TypeError, match="terminated must be a bool"):
+        gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED.float(), TRUNCATED, 0.5, 0.5)
+    with pytest.raises(TypeError, match="truncated must be a bool"):
+        episode_returns(REWARDS, NEXT_VALUES, TERMINATED, TRUNCATED.long(), 0.5)
+    with pytest.raises(ValueError, match="next_values"):
+        episode_returns(REWARDS, NEXT_VALUES[:2], TERMINATED, TRUNCATED, 0.5)

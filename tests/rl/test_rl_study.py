@@ -2,7 +2,7 @@
 
 import pytest
 
-from lib.rl.study import METHODS, configs, main, run_study, summarise
+from lib.rl.study import METHODS, configs, main, merge_results, run_study, summarise
 from lib.utils import load_results
 
 
@@ -15,6 +15,21 @@ def test_study_command_smoke(tmp_path):
     assert len(run["train_returns"]) == len(run["eval_steps"])
     assert len(run["final_returns"]) == 20
     assert sum(run["final_returns"]) / 20 == pytest.approx(run["final_eval"])  # the same 20 episodes
+    # --merge adds an arm and its own provenance, keeping the file's runs and provenance
+    assert main(["--seeds", "0", "--total-steps", "256", "--methods", "QAC", "--merge", "--out", str(out)]) == 0
+    merged = load_results(out)
+    assert merged["provenance"] == payload["provenance"] and merged["results"]["runs"]["A2C"] == [run]
+    assert merged["results"]["runs"]["QAC"][0]["eval_steps"][-1] == 256
+    assert (
+        merged["results"]["added"][0]["methods"] == ["QAC"]
+        and "--merge" in merged["results"]["added"][0]["provenance"]["command"]
+    )
+    with pytest.raises(ValueError, match="already there"):
+        merge_results(out, [0], 256, ["QAC"])
+    with pytest.raises(ValueError, match="seeds"):
+        merge_results(out, [1], 256, ["QAC+baseline"])
+    with pytest.raises(ValueError, match="methods"):
+        merge_results(out, [0], 256, None)
 
 
 @pytest.mark.slow  # two spawned worker processes import torch and gymnasium
@@ -40,11 +55,16 @@ def test_methods_share_the_common_fields():
         ("QAC+baseline, lambda-critic", "QAC+baseline", "critic_lambda"),
         ("QAC+baseline, slow actor", "QAC+baseline", "actor_lr_scale"),
         ("QAC critic, GAE weight", "QAC+baseline", "actor_lambda"),
+        ("QAC critic, TD-error weight", "QAC+baseline", "actor_lambda"),
         ("A2C, constant lr", "A2C", "anneal_lr"),
         ("REINFORCE+baseline, constant lr", "REINFORCE+baseline", "anneal_lr"),
     ):
         a, b = vars(cfgs[arm]), vars(cfgs[ref])
         assert [k for k in a if a[k] != b[k]] == [field], arm
+    # "QAC+baseline" is not a one-field ablation of "QAC": it adds two baselines (V_Q and standardisation)
+    a, b = vars(cfgs["QAC+baseline"]), vars(cfgs["QAC"])
+    assert sorted(k for k in a if a[k] != b[k]) == ["baseline", "normalize_advantages"]
+    assert a["normalize_advantages"] and a["baseline"] and not b["normalize_advantages"] and not b["baseline"]
     assert set(configs(0, 1000, "Pendulum-v1")) == {"A2C"}
     with pytest.raises(ValueError, match="env_id"):
         configs(0, 1000, "MountainCar-v0")
