@@ -2,13 +2,14 @@
 
 Chapter: "DDPG, the deterministic policy gradient" (``chapters/ddpg.ipynb``).
 Run: ``python -m lib.rl.ddpg_study --seeds 0 1 2 --workers 2 --out results/rl/ddpg_study.json``
-(every variant, 3 seeds, 15,000 steps each). The committed file was made in two invocations on a
+(every variant, 3 seeds, 15,000 steps each). The committed file was made in three invocations on a
 shared 2-core machine: DDPG and TD3 for 15,000 steps, then (``--resume --total-steps 7500``) the three
-TD3 fixes alone and OU noise for 7,500 steps; each run's ``config`` records its budget and the file's
-``commands`` lists both invocations. Each run records its greedy evaluation curve (20 episodes every
-2,500 steps), the critic's overestimation at each evaluation (:func:`lib.rl.ddpg.q_overestimation`
-on 5 greedy episodes), and its wall and CPU time. The file is rewritten after every finished run, and
-``--resume`` skips the runs already in it, so an interrupted study can be continued.
+TD3 fixes alone and OU noise, then the time limit read as terminal, each for 7,500 steps; each run's
+``config`` records its budget and the file's ``commands`` lists every invocation. Each run records
+its greedy evaluation curve (20 episodes every 2,500 steps), the critic's overestimation at each
+evaluation (:func:`lib.rl.ddpg.q_overestimation` on 5 greedy episodes), and its wall and CPU time. The
+file is rewritten after every finished run, and ``--resume`` skips the runs already in it, so an
+interrupted study can be continued.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ VARIANTS: dict[str, DDPGConfig] = {
     "DDPG + clipped double Q": DDPGConfig(twin_critics=True),
     "DDPG + target smoothing": DDPGConfig(target_noise=0.2),
     "DDPG + delayed actor": DDPGConfig(policy_delay=2),
+    "DDPG, time limit as terminal": DDPGConfig(bootstrap_truncated=False),
 }
 """Variant name -> config (seed and budget are set per run). "DDPG" uses Gaussian noise sigma = 0.1 (TD3's
-choice); "DDPG, OU noise" uses the DDPG paper's theta = 0.15, sigma = 0.2 (stationary std 0.38)."""
+choice); "DDPG, OU noise" uses the DDPG paper's theta = 0.15, sigma = 0.2 (stationary std 0.38);
+"DDPG, time limit as terminal" is the truncation-as-termination bug, on purpose."""
 
 
 def run_one(name: str, seed: int, total_steps: int = 15_000) -> dict:

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -91,6 +92,81 @@ def test_collector_stores_truncation_as_non_terminal_and_the_executed_action():
     assert not buf.terminated.any()  # so the TD target bootstraps through the time limit
     # and at the cut next_obs is the true last state, not the reset one
     assert not torch.allclose(ro.next_obs[4], ro.obs[5])
+    # every stored next_obs, the cuts included, is Pendulum's successor of (obs, executed action)
+    o, u = ro.obs[:, 0].double(), ro.actions[:, 0, 0].double()
+    th = torch.atan2(o[:, 1], o[:, 0])
+    thdot = (o[:, 2] + (3 * 10.0 / 2 * torch.sin(th) + 3.0 * u) * 0.05).clamp(-8, 8)
+    expected = torch.stack([torch.cos(th + thdot * 0.05), torch.sin(th + thdot * 0.05), thdot], -1)
+    torch.testing.assert_close(ro.next_obs[:, 0].double(), expected, atol=1e-5, rtol=0)
+
+
+class _CountingEnv(gym.Env):
+    """obs = steps taken in the episode; reward = 10 * episode + step; even episodes terminate after 3 steps,
+    odd ones run until the TimeLimit of 5 steps truncates them."""
+
+    observation_space = gym.spaces.Box(-100.0, 100.0, (1,))
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,))
+
+    def __init__(self):
+        self.episode, self.k = -1, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.k = self.episode + 1, 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.k += 1
+        term = self.episode % 2 == 0 and self.k == 3
+        return np.full(1, self.k, np.float32), float(10 * self.episode + self.k), term, False, {}
+
+
+def _register_counting_env() -> str:
+    if "CountingTest-v0" not in gym.registry:
+        gym.register("CountingTest-v0", entry_point=_CountingEnv, max_episode_steps=5)
+    return "CountingTest-v0"
+
+
+def test_bootstrap_through_truncation_but_not_termination_end_to_end():
+    # collector -> buffer -> TD target on a task with both a true terminal state and a time-limit cut
+    env_id = _register_counting_env()
+    envs = make_vector_env(env_id, 1)
+    torch.manual_seed(0)
+    actor, critic = DeterministicActor(1, [-1.0], [1.0], 8), ContinuousQNet(1, 1, 8)
+    ro = RolloutCollector(envs, actor, seed=0, store_executed=True).collect(8)  # 3 steps, terminal; 5, cut
+    envs.close()
+    assert ro.terminated[:, 0].nonzero().flatten().tolist() == [2] and ro.truncated[
+        :, 0
+    ].nonzero().flatten().tolist() == [7]
+    buf = ReplayBuffer(16, 1, 1)
+    buf.add_rollout(ro)
+    batch = Transitions(buf.obs[:8], buf.actions[:8], buf.rewards[:8], buf.next_obs[:8], buf.terminated[:8])
+    assert batch.next_obs[:, 0].tolist() == [1, 2, 3, 1, 2, 3, 4, 5]  # the true final states, not the resets
+    y = td_target(batch, actor, [critic], DDPGConfig(gamma=0.9))
+    with torch.no_grad():
+        boot = batch.rewards + 0.9 * critic(batch.next_obs, actor(batch.next_obs))
+    torch.testing.assert_close(y[2], batch.rewards[2])  # termination: r alone
+    keep = torch.arange(8) != 2
+    torch.testing.assert_close(y[keep], boot[keep])  # the cut at row 7 bootstraps like every other step
+    assert (boot[7] - batch.rewards[7]).abs() > 1e-4  # (so the test would see a missing bootstrap)
+
+
+def test_trainer_stores_termination_and_only_termination_as_terminal(monkeypatch):
+    env_id = _register_counting_env()
+    stored = []
+    original = ReplayBuffer.add_rollout
+
+    def spy(self, ro):
+        stored.append(bool(ro.terminated.any()))
+        original(self, ro)
+
+    monkeypatch.setattr(ReplayBuffer, "add_rollout", spy)
+    cfg = dict(env_id=env_id, total_steps=16, learning_starts=4, hidden=8, batch_size=4, eval_every=16, eval_episodes=1)
+    train_ddpg(DDPGConfig(**cfg))  # episodes: 3 (terminal), 5 (cut), 3 (terminal), 5 (cut)
+    assert [i for i, t in enumerate(stored) if t] == [2, 10]
+    stored.clear()
+    train_ddpg(DDPGConfig(**cfg, bootstrap_truncated=False))  # the bug: cuts at 7 and 15 stored as terminal too
+    assert [i for i, t in enumerate(stored) if t] == [2, 7, 10, 15]
 
 
 def test_truncation_as_termination_switch_marks_time_limits_terminal(monkeypatch):

@@ -11,7 +11,8 @@ def test_variants_switch_one_fix_at_a_time():
     assert not base.twin_critics and base.target_noise == 0 and base.policy_delay == 1 and base.noise == "gaussian"
     assert VARIANTS["TD3"].twin_critics and VARIANTS["TD3"].target_noise > 0 and VARIANTS["TD3"].policy_delay == 2
     for name, field in [("DDPG + clipped double Q", "twin_critics"), ("DDPG + target smoothing", "target_noise"),
-                        ("DDPG + delayed actor", "policy_delay"), ("DDPG, OU noise", "noise")]:  # fmt: skip
+                        ("DDPG + delayed actor", "policy_delay"), ("DDPG, OU noise", "noise"),
+                        ("DDPG, time limit as terminal", "bootstrap_truncated")]:  # fmt: skip
         changed = {f for f in base.__dataclass_fields__ if getattr(VARIANTS[name], f) != getattr(base, f)}
         assert field in changed and changed <= {field, "noise_sigma"}, (name, changed)
 

@@ -51,7 +51,7 @@ def test_closed_forms_are_consistent():
     A, B, *_ = lqr.mats()
     X = solve_lyapunov(A - B @ K, torch.eye(2, dtype=torch.float64), 0.95)
     torch.testing.assert_close(X, torch.eye(2, dtype=torch.float64) + 0.95 * (A - B @ K).T @ X @ (A - B @ K))
-    # J by a long Monte-Carlo-free sum: J = -sum_t gamma^t tr((Q + K'RK) E[s_t s_t'])
+    # J by Monte Carlo rollouts: J = -sum_t gamma^t E[s_t'(Q + K'RK) s_t]
     states, w = lqr.sample_visits(K, 20_000, 300, torch.Generator().manual_seed(1))
     c = ((states @ torch.tensor(lqr.Q, dtype=torch.float64)) * states).sum(-1) + 0.1 * (states @ K.T).pow(2).sum(-1)
     J_mc = -(w * c.mean(1)).sum()
