@@ -23,7 +23,7 @@ from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.data.recall import RecallBatch, induction_heads, selective_copying
 from lib.ssm.mamba import MambaConfig, MambaLM, count_parameters
 from lib.train import History, train
-from lib.utils import save_results, seed_everything
+from lib.utils import DEFAULT_THREADS, save_results, seed_everything
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results" / "ssm"
 
@@ -114,11 +114,17 @@ def held_out(c: RecallConfig, L: int | None = None, seed: int = 10_000) -> Recal
 
 
 def fit(
-    c: RecallConfig, model: MambaLM | None = None, steps: int | None = None, verbose: bool = False
+    c: RecallConfig,
+    model: MambaLM | None = None,
+    steps: int | None = None,
+    verbose: bool = False,
+    threads: int | None = DEFAULT_THREADS,
 ) -> tuple[MambaLM, History]:
     """Train a fresh model (or continue ``model``) for ``steps`` (default ``c.steps``); held-out accuracy is
-    evaluated every ``c.eval_every`` steps and after the last (``History.evals``, key ``"acc"``)."""
-    seed_everything(c.seed)
+    evaluated every ``c.eval_every`` steps and after the last (``History.evals``, key ``"acc"``). ``threads`` is
+    passed to ``seed_everything`` (torch's thread count; these models are small enough that one thread is
+    usually fastest, and on a loaded machine extra threads can make each step many times slower)."""
+    seed_everything(c.seed, threads=threads)
     model = model or MambaLM(c.model_config())
     steps = steps or c.steps
     gen = torch.Generator().manual_seed(c.seed)

@@ -45,3 +45,20 @@ def test_errors():
         hippo.legs(0)
     with pytest.raises(ValueError, match="theta must be positive"):
         hippo.legt(4, theta=0.0)
+
+
+def test_matrices_equal_the_closed_forms_entry_by_entry():
+    N, theta = 6, 0.7
+    r = [(2 * n + 1) ** 0.5 for n in range(N)]
+    A, B = hippo.legs(N)
+    for n in range(N):
+        assert B[n].item() == pytest.approx(r[n])
+        for k in range(N):
+            want = -r[n] * r[k] if n > k else (-(n + 1) if n == k else 0.0)
+            assert A[n, k].item() == pytest.approx(want, abs=1e-12)
+    A, B = hippo.legt(N, theta=theta)
+    for n in range(N):
+        assert B[n].item() == pytest.approx(r[n] / theta)
+        for k in range(N):
+            sign = 1.0 if k < n else (-1.0) ** (n - k)
+            assert A[n, k].item() == pytest.approx(-r[n] * r[k] * sign / theta, abs=1e-12)

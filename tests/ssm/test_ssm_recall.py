@@ -39,6 +39,18 @@ def test_checkpoint_roundtrip(tmp_path):
     torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
+def test_fit_threads_argument():
+    c = recall.RecallConfig(L=8, K=2, V=3, d_model=8, d_state=4, batch=4, steps=1, n_eval=4)
+    before = torch.get_num_threads()
+    try:
+        recall.fit(c, threads=1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            recall.fit(c, threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="task must be"):
         recall.RecallConfig(task="copy")
