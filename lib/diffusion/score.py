@@ -47,7 +47,10 @@ def _gmm_marginal(x, t, sde, weights, means, covs):
     C = a[:, None, None, None] ** 2 * covs + s2[:, None, None, None] * torch.eye(d, dtype=x.dtype, device=x.device)
     L = torch.linalg.cholesky(C)  # (n, K, d, d)
     diff = x[:, None, :] - mu  # (n, K, d)
-    sol = torch.cholesky_solve(diff[..., None], L)[..., 0]  # C^{-1} (x - mu), (n, K, d)
+    if L.shape[0] == 1:  # shared time: apply the K inverses directly (a batched solve would expand L to n K)
+        sol = torch.einsum("kij,nkj->nki", torch.cholesky_inverse(L[0]), diff)
+    else:
+        sol = torch.cholesky_solve(diff[..., None], L)[..., 0]  # C^{-1} (x - mu), (n, K, d)
     logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (n, K)
     logN = -0.5 * ((diff * sol).sum(-1) + logdet + d * math.log(2 * math.pi))
     return logN + torch.log(weights), sol

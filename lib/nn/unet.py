@@ -146,7 +146,7 @@ class UNetConfig:
     in_channels: int = 1
     """Image channels (1 for digits, 4 for a latent)."""
     base_channels: int = 32
-    """Channels at full resolution (not an MLP's ``hidden``: 32 gives a ~1M-parameter UNet at 8x8)."""
+    """Channels at full resolution (not an MLP's ``hidden``: 32 gives a 0.7M-parameter UNet by default)."""
     channel_mults: tuple[int, ...] = (1, 2)
     """Channel multiplier per resolution level (each level after the first halves H and W)."""
     num_res_blocks: int = 1
@@ -215,7 +215,7 @@ class UNet(nn.Module):
     def null_condition(self, cond: dict, drop: dict) -> dict:
         """``cond`` with rows where ``drop[k]`` (``(B,)`` bool) is True replaced by the null ``k``: label
         ``num_classes`` for ``y``, the learned null token for ``context`` (its ``context_mask`` rows all True)."""
-        unknown = set(drop) - {"y", "context"}
+        unknown = set(drop) - {"y", "context", "context_mask"}  # the mask follows context's own drop
         if unknown:
             raise ValueError(f"UNet can drop 'y' and 'context', not {sorted(unknown)}")
         n = next(iter(drop.values())).shape[0] if drop else 0

@@ -63,3 +63,17 @@ def test_errors():
         guided_denoiser(net, w=1.0)
     with pytest.raises(TypeError, match="null_condition"):
         guided_denoiser(lambda x, t, y: x, w=1.0, y=torch.zeros(2))
+
+
+def test_guidance_with_text_context_and_mask():
+    """A context-conditioned UNet with a padding mask: guidance's all-True drop covers every tensor key
+    (context_mask included, which follows context), the null half is the learned null token, and one forward."""
+    seed_everything(0, threads=None)
+    net = UNet(UNetConfig(base_channels=8, time_dim=16, context_dim=6, heads=2))
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.5)
+    ctx, mask = torch.randn(3, 4, 6), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        guided = guided_denoiser(net, w=2.0, context=ctx, context_mask=mask)(x, t)
+        p_c = net(x, t, context=ctx, context_mask=mask)
+        p_u = net(x, t)  # context=None: the learned null token
+    assert torch.allclose(guided, combine(p_c, p_u, w=2.0), atol=1e-5)

@@ -86,7 +86,7 @@ def test_every_prediction_gives_the_same_samples(sname):
         outs = []
         for p in PREDICTIONS:
             kw = _kw(name, sch, "eps")  # same grid for all five (t_max = 0.999 where alpha(1) = 0)
-            kw.update(steps=steps) if steps else kw.update(rtol=1e-4, atol=1e-4)
+            kw.update(steps=steps) if steps else kw.update(rtol=1e-3, atol=1e-3)  # loose: the same path for all five
             outs.append(S.SAMPLERS[name](gmm_denoiser(sch, GM.weights, GM.means, GM.covs, p), sch, x_T, **kw).x)
         for p, o in zip(PREDICTIONS[1:], outs[1:], strict=True):
             assert torch.allclose(o, outs[0], atol=1e-6, rtol=1e-6), (sname, name, p, (o - outs[0]).abs().max())
