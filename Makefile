@@ -21,7 +21,7 @@ help:
 	@echo "make execute  re-execute notebooks in place (NB=chapters/x.ipynb for one)"
 	@echo "make gpu      on a CUDA machine: CUDA tests, then every GPU benchmark into results/ (< 8 min)"
 	@echo "              (make gpu DRY=1: the same steps on the CPU at tiny sizes, in seconds)"
-	@echo "make serve    serve _build/html on http://localhost:8000"
+	@echo "make serve    serve _build/html on http://127.0.0.1:8000 (HOST=0.0.0.0 to share)"
 	@echo "make lab      JupyterLab on this venv"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
