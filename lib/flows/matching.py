@@ -8,9 +8,8 @@ References: Lipman, Chen, Ben-Hamu, Nickel and Le, "Flow matching for generative
 generate and transfer data with rectified flow", ICLR 2023 (reflow, straightness, eq. 6); Albergo and
 Vanden-Eijnden, "Building normalizing flows with stochastic interpolants", ICLR 2023.
 
-Time convention (the book's): data at ``t = 0``, noise at ``t = 1``. Lipman et al. and Liu et al. put the
-data at ``t = 1`` (Lipman) or ``t = 1`` with noise at 0 (Liu); with their time ``s = 1 - t`` their velocity is
-``-v``.
+Time convention (the book's): data at ``t = 0``, noise at ``t = 1``. Lipman et al. and Liu et al. both put the
+noise at time 0 and the data at time 1; with their time ``s = 1 - t`` their velocity is ``-v(x, 1 - s)``.
 
 Glossary
 --------

@@ -2,8 +2,9 @@
 two moons, a ring of Gaussians and a checkerboard, at the same parameter budget; reflow's few-step table.
 
 Chapter: "Normalizing flows, continuous flows and flow matching" (``chapters/flows.ipynb``).
-``python -m lib.flows.toys`` runs the full study (three seeds) and writes ``results/flows/toys.json``; the
-chapter trains one short version of each model live and reads the study's figures from that file.
+``python -m lib.flows.toys`` runs the full study (three seeds) and writes ``results/flows/toys.json`` (``--out``;
+the committed study is split into ``results/flows/toys_*.json``, one file per command); the chapter trains one short
+version of each model live and reads the study's figures from those files.
 
 Glossary
 --------
