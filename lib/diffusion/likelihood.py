@@ -44,21 +44,30 @@ class ODELikelihood:
     """Velocity evaluations of the solve."""
 
 
-def divergence_exact(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def divergence_exact(v: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """``tr(dv/dx)`` per example by one backward pass per dimension (``D`` passes): exact, ``O(D)`` cost.
-    ``v = velocity(x)`` must have been computed from ``x`` with grad enabled."""
+    ``v = velocity(x)`` must have been computed from ``x`` with grad enabled; ``create_graph`` keeps the
+    result differentiable (maximum-likelihood training of a CNF, :mod:`lib.flows.cnf`)."""
+    if v.shape != x.shape:
+        raise ValueError(f"v and x must have the same shape, got {tuple(v.shape)} and {tuple(x.shape)}")
     vf, D = v.reshape(v.shape[0], -1), v[0].numel()
     div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     for i in range(D):
-        (gi,) = torch.autograd.grad(vf[:, i].sum(), x, retain_graph=True, create_graph=False)
+        (gi,) = torch.autograd.grad(vf[:, i].sum(), x, retain_graph=True, create_graph=create_graph)
         div = div + gi.reshape(x.shape[0], -1)[:, i]
     return div
 
 
-def divergence_hutchinson(v: torch.Tensor, x: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+def divergence_hutchinson(
+    v: torch.Tensor, x: torch.Tensor, probe: torch.Tensor, create_graph: bool = False
+) -> torch.Tensor:
     """Unbiased ``z^T (dv/dx) z`` per example (one vector-Jacobian product) for a probe ``z`` with
-    ``E[z z^T] = I``."""
-    (vjp,) = torch.autograd.grad(v, x, grad_outputs=probe, retain_graph=False)
+    ``E[z z^T] = I``; ``create_graph`` as in :func:`divergence_exact`."""
+    if v.shape != x.shape or probe.shape != x.shape:
+        raise ValueError(
+            f"v, x and probe must have one shape, got {tuple(v.shape)}, {tuple(x.shape)}, {tuple(probe.shape)}"
+        )
+    (vjp,) = torch.autograd.grad(v, x, grad_outputs=probe, create_graph=create_graph)
     return (vjp * probe).reshape(x.shape[0], -1).sum(1)
 
 

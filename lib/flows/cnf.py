@@ -28,27 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lib.diffusion.likelihood import make_probe
+from lib.diffusion.likelihood import divergence_exact, divergence_hutchinson, make_probe
 from lib.flows.model import standard_normal_logp
-
-
-def divergence(
-    v: torch.Tensor, x: torch.Tensor, probe: torch.Tensor | None = None, create_graph: bool = False
-) -> torch.Tensor:
-    """``tr(dv/dx)`` per example: exact (``D`` vector-Jacobian products) when ``probe`` is ``None``, else
-    Hutchinson's ``z^T (dv/dx) z`` with ``z = probe`` (one product). ``v`` must be computed from ``x`` with
-    grad enabled; ``create_graph`` keeps the result differentiable (training)."""
-    if v.shape != x.shape:
-        raise ValueError(f"v and x must have the same shape, got {tuple(v.shape)} and {tuple(x.shape)}")
-    if probe is not None:
-        (vjp,) = torch.autograd.grad(v, x, grad_outputs=probe, create_graph=create_graph)
-        return (vjp * probe).flatten(1).sum(1)
-    vf, D = v.flatten(1), v[0].numel()
-    div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-    for i in range(D):
-        (g,) = torch.autograd.grad(vf[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
-        div = div + g.flatten(1)[:, i]
-    return div
 
 
 def hutchinson_variance(J: torch.Tensor, kind: str = "rademacher") -> float:
@@ -90,7 +71,10 @@ class CNFDynamics(nn.Module):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             v = self.velocity(x, t.to(x.dtype).expand(x.shape[0]))
-            div = divergence(v, x, self.probe, create_graph=outer)
+            if self.probe is None:
+                div = divergence_exact(v, x, create_graph=outer)
+            else:
+                div = divergence_hutchinson(v, x, self.probe, create_graph=outer)
         return (v, div) if outer else (v.detach(), div.detach())
 
 

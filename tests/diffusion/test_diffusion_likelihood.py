@@ -114,3 +114,17 @@ def test_categorical_pixel_baseline():
     assert categorical_pixel_bits_per_dim(x, x) == pytest.approx(-math.log2(11 / 27))
     with pytest.raises(ValueError, match="shape"):
         categorical_pixel_bits_per_dim(x, torch.zeros(3, 1, 3, 3))
+
+
+def test_divergence_create_graph_and_shape_errors():
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    v = x**3  # div v = 3 * sum(x^2), d/dx div v = 6 x
+    (g,) = torch.autograd.grad(divergence_exact(v, x, create_graph=True).sum(), x)
+    assert torch.allclose(g, 6 * x)
+    z = torch.ones_like(x)
+    (g,) = torch.autograd.grad(divergence_hutchinson(x**3, x, z, create_graph=True).sum(), x)
+    assert torch.allclose(g, 6 * x)  # a probe of ones is exact for a diagonal Jacobian
+    with pytest.raises(ValueError, match="same shape"):
+        divergence_exact(x.sum(1), x)
+    with pytest.raises(ValueError, match="one shape"):
+        divergence_hutchinson(x**3, x, z[:, :1])
