@@ -10,6 +10,7 @@ benchmark         warm-up + median wall time of R back-to-back calls (CUDA event
 compare           several functions timed interleaved, round by round (ratios robust to a drifting load)
 provenance        who/what/when of a measurement (device, driver, clocks, versions, date, command, git commit)
 save_results      write a JSON results file with its provenance block
+saved_tensor_bytes  bytes autograd keeps for the backward pass of a call (activation memory, measured)
 """
 
 from __future__ import annotations
@@ -270,3 +271,42 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "provenance" not in payload or "results" not in payload:
         raise ValueError(f"{path} is not a results file (needs 'provenance' and 'results' keys)")
     return payload
+
+
+def saved_tensor_bytes(
+    fn: Callable[..., Any], *args: Any, exclude: Any = (), alive_only: bool = False
+) -> tuple[Any, int]:
+    """Run ``fn(*args)`` and count the bytes of the tensors autograd saves for the backward pass.
+
+    Every tensor an op saves passes through ``torch.autograd.graph.saved_tensors_hooks``' pack hook; storages
+    are counted once (a view and its base share one). Storages of the tensors in ``exclude`` (inputs or
+    parameters the caller holds anyway) are skipped. With ``alive_only``, only tensors still alive when ``fn``
+    returns count (graphs freed inside ``fn``, e.g. an adjoint's inner solves, do not).
+
+    Returns:
+        ``(fn's output, bytes)``.
+
+    Used by the FlashAttention, mixed-precision and flows chapters.
+    """
+    import weakref
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+    refs: list[weakref.ref] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if alive_only:
+            refs.append(weakref.ref(t))
+        elif t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    for r in refs:
+        t = r()
+        if t is not None and t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return out, sum(seen.values())

@@ -110,3 +110,19 @@ def test_compare_interleaves_rounds():
         compare({})
     with pytest.raises(ValueError, match="repeat"):
         compare({"a": lambda: None}, repeat=0)
+
+
+def test_saved_tensor_bytes_counts_storages_once_and_excludes():
+    from lib.utils import saved_tensor_bytes
+
+    w = torch.randn(5, 3, requires_grad=True)
+    x = torch.randn(4, 5)
+    out, n = saved_tensor_bytes(lambda a: (a @ w).tanh(), x)  # mm saves x and w, tanh saves its output
+    assert out.shape == (4, 3)
+    assert n == 4 * (4 * 5 + 4 * 3)  # x (for dL/dw; w itself is not needed: x has no grad) and tanh's output
+    assert saved_tensor_bytes(lambda a: (a @ w).tanh(), x, exclude=[x, w])[1] == 4 * 4 * 3
+
+    # everything saved is still alive while the output holds the graph (freed inner graphs: tests/flows)
+    assert saved_tensor_bytes(lambda a: (a @ w).tanh(), x, alive_only=True)[1] == n
+    with pytest.raises(TypeError, match="fn must be callable"):
+        saved_tensor_bytes(3)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from lib.utils import saved_tensor_bytes as _saved_tensor_bytes
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_BYTES = 64 * 1024  # while measuring: every block above this is its own mmap, returned on free
 _RESTORE_MMAP_BYTES = 4 * 2**20  # afterwards: tiles of a few hundred KiB come from the heap again (fast)
@@ -108,24 +110,6 @@ def measure_peak_memory(fn: Callable[[], Any], warmup: int = 1, device: torch.de
 
 
 def saved_tensor_bytes(fn: Callable[..., Any], *inputs: torch.Tensor) -> int:
-    """Bytes that autograd keeps for the backward pass of ``fn(*inputs)``, the inputs' own storage excluded.
-
-    Counted exactly through ``torch.autograd.graph.saved_tensors_hooks``: every tensor an op saves passes through
-    the pack hook; storages are counted once (a view and its base share one) and storages of ``inputs`` are skipped
-    (the caller holds them anyway).
-    """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    skip = {t.untyped_storage().data_ptr() for t in inputs}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*inputs)
-    del out
-    return sum(seen.values())
+    """Bytes that autograd keeps for the backward pass of ``fn(*inputs)``, the inputs' own storage excluded
+    (:func:`lib.utils.saved_tensor_bytes`: every saved storage counted once, through the pack hook)."""
+    return _saved_tensor_bytes(fn, *inputs, exclude=inputs)[1]

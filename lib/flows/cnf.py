@@ -30,6 +30,7 @@ from torch import nn
 
 from lib.diffusion.likelihood import divergence_exact, divergence_hutchinson, make_probe
 from lib.flows.model import standard_normal_logp
+from lib.utils import saved_tensor_bytes as _saved_tensor_bytes
 
 
 def hutchinson_variance(J: torch.Tensor, kind: str = "rademacher") -> float:
@@ -127,24 +128,9 @@ def cnf_log_prob(
 def saved_tensor_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Run ``fn()`` and count the bytes of the tensors that autograd saved for the backward pass and that are still
     alive when ``fn`` returns: the activation memory held between forward and backward (storages counted once;
-    parameters saved by a layer count too). Returns ``(fn's output, bytes)``."""
-    import weakref
-
-    refs: list[weakref.ref] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        refs.append(weakref.ref(t))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    alive: dict[int, int] = {}
-    for r in refs:  # tensors saved by graphs that were freed during fn() (inner solves) are dead by now
-        t = r()
-        if t is not None:
-            st = t.untyped_storage()
-            alive[st.data_ptr()] = st.nbytes()
-    return out, sum(alive.values())
+    parameters saved by a layer count too). Returns ``(fn's output, bytes)``; :func:`lib.utils.saved_tensor_bytes`
+    with ``alive_only``, so that the graphs of an adjoint's inner solves, freed inside ``fn``, do not count."""
+    return _saved_tensor_bytes(fn, alive_only=True)
 
 
 def nll_nats_to_bits_per_dim(nll: float, dims: int) -> float:

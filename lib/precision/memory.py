@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from lib.utils import saved_tensor_bytes
+
 
 @dataclass(frozen=True)
 class BytesPerParameter:
@@ -81,21 +83,12 @@ def saved_activation_bytes(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if autocast_dtype not in (None, torch.float16, torch.bfloat16):
         raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
     device_type = next(model.parameters()).device.type
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+    def run() -> torch.Tensor:
         if autocast_dtype is None:
-            loss = loss_fn(model, batch)
-        else:
-            with torch.autocast(device_type, dtype=autocast_dtype):
-                loss = loss_fn(model, batch)
-    del loss
-    return sum(seen.values())
+            return loss_fn(model, batch)
+        with torch.autocast(device_type, dtype=autocast_dtype):
+            return loss_fn(model, batch)
+
+    return saved_tensor_bytes(run, exclude=list(model.parameters()))[1]
