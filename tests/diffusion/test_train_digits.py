@@ -60,3 +60,30 @@ def test_ema_and_unet_arch():
     assert n_unet < 2_000_000 and make_model(DigitsDiffusionConfig(arch="unet")).config.base_channels == 32
     with pytest.raises(ValueError, match="base_channels"):
         DigitsDiffusionConfig(base_channels=0)
+
+
+def test_class_conditional_with_condition_dropout(tmp_path):
+    cfg = DigitsDiffusionConfig(hidden=16, depth=1, time_dim=16, steps=3, batch_size=8, num_classes=10, p_uncond=0.2)
+    trained = train_digits_diffusion(cfg, device="cpu")
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    out = trained.model(x, t, y=torch.tensor([0, 9, 10]))  # 10 = the null label
+    assert out.shape == (3, 1, 8, 8)
+    loaded = load_digits_diffusion(save_digits(trained, tmp_path / "c.safetensors", command="test"))
+    assert loaded.config == cfg and torch.equal(loaded.model(x, t, y=torch.tensor([1, 2, 3])),
+                                                trained.model(x, t, y=torch.tensor([1, 2, 3])))  # fmt: skip
+    null = trained.model.null_condition({"y": torch.tensor([4, 5])}, {"y": torch.tensor([True, False])})
+    assert null["y"].tolist() == [10, 5]
+    with pytest.raises(ValueError, match="p_uncond"):
+        DigitsDiffusionConfig(p_uncond=0.1)  # dropout needs a class-conditional model
+    with pytest.raises(ValueError, match="p_uncond"):
+        DigitsDiffusionConfig(num_classes=10, p_uncond=1.5)
+    with pytest.raises(ValueError, match="num_classes"):
+        DigitsDiffusionConfig(num_classes=-1)
+
+
+def test_shipped_unconditional_checkpoint_still_loads():
+    shipped = load_digits_diffusion()  # written before num_classes / p_uncond existed: their defaults apply
+    assert shipped.config.num_classes == 0 and shipped.config.p_uncond == 0.0
+    assert shipped.model.config.num_classes is None
+    with pytest.raises(ValueError, match="num_classes=None"):
+        shipped.model(torch.randn(2, 1, 8, 8), torch.rand(2), y=torch.tensor([1, 2]))
