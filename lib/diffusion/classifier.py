@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import numbers
 import sys
 from dataclasses import dataclass
@@ -38,21 +37,13 @@ import torch
 from torch import nn
 
 from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from lib.diffusion.guidance import check_scale
 from lib.diffusion.predictions import Denoiser
 from lib.diffusion.schedules import VPSDE, Schedule, bcast
 from lib.nn.unet import MLPConfig, TimeMLP
 from lib.utils import seed_everything
 
 DEFAULT_CLASSIFIER = WEIGHTS_DIR / "digits_noisy_classifier.safetensors"
-
-
-def check_scale(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite real number (not a bool); else ``TypeError``/``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def check_labels(y: object, num_classes: int, n: int | None = None) -> torch.Tensor:

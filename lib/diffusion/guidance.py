@@ -16,6 +16,8 @@ References: Ho and Salimans, "Classifier-Free Diffusion Guidance", 2022 (eq. 6);
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +26,20 @@ import torch
 from lib.diffusion.predictions import Denoiser, check_prediction
 
 
+def check_scale(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite real number (not a bool); else ``TypeError``/``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
 def guidance_scale(w: float | None = None, scale: float | None = None) -> float:
     """The diffusers scale ``s`` from exactly one of Ho and Salimans' ``w`` or ``scale`` (``s = 1 + w``)."""
     if (w is None) == (scale is None):
         raise ValueError(f"give exactly one of w (Ho and Salimans) or scale (diffusers), got w={w!r}, scale={scale!r}")
-    return 1.0 + float(w) if w is not None else float(scale)
+    return 1.0 + check_scale("w", w) if w is not None else check_scale("scale", scale)
 
 
 def combine(p_cond: torch.Tensor, p_uncond: torch.Tensor, *, w: float | None = None, scale: float | None = None):

@@ -65,6 +65,9 @@ class TimeEmbedding(nn.Module):
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
             if y.shape != t.shape:
                 raise ValueError(f"y must have shape {tuple(t.shape)}, got {tuple(y.shape)}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+                raise ValueError(f"y must hold labels in 0..{self.num_classes - 1} (or {self.num_classes}: no label), "
+                                 f"got values in {int(y.min())}..{int(y.max())}")  # fmt: skip
             emb = emb + self.label(y)
         elif y is not None:
             raise ValueError("y given but the network has no class embedding (num_classes=None)")

@@ -63,6 +63,13 @@ def test_errors():
         guided_denoiser(net, w=1.0)
     with pytest.raises(TypeError, match="null_condition"):
         guided_denoiser(lambda x, t, y: x, w=1.0, y=torch.zeros(2))
+    with pytest.raises(TypeError, match="w must be a real number"):
+        guided_denoiser(net, w="abc", y=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        guidance_scale(scale=float("nan"))
+    x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)
+    with pytest.raises(ValueError, match=r"y must hold labels in 0\.\.2"):
+        guided_denoiser(net, w=1.0, y=torch.tensor([0, 4]))(x, t)  # 3 is the null label; 4 is no label
 
 
 def test_guidance_with_text_context_and_mask():
