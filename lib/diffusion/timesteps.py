@@ -150,10 +150,33 @@ class TimeSampler:
         return t.clamp(self.t_min, self.t_max).to(dtype=dtype, device=device)
 
     def density(self, t: torch.Tensor) -> torch.Tensor:
-        """The probability density of ``t`` on (0, 1) before clamping (``"logit_normal"`` and ``"uniform"``)."""
+        """The probability density ``pi(t)`` on (0, 1) before clamping to ``[t_min, t_max]`` (``"uniform"``: on it).
+
+        ``t = F(u)`` with ``u ~ U(0, 1)`` has ``pi(t) = 1 / |F'(F^{-1}(t))|``: for ``"cosmap"``,
+        ``F^{-1}(t) = (2 / pi) atan(t / (1 - t))`` and ``pi(t) = 2 / (pi (1 - 2t + 2t^2))``; for ``"mode"``,
+        ``F'(u) = -1 - s + s (pi / 2) sin(pi u)`` with ``F^{-1}`` found by bisection (``F`` is monotone).
+        ``"logit_normal"``: ``N(logit t; m, s^2) / (t (1 - t))``; ``"edm"``: ``N(lambda; -2m, (2s)^2) |lambda'(t)|``.
+        """
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            raise TypeError(f"t must be a floating-point tensor, got {type(t).__name__}")
         if self.kind == "uniform":
-            return torch.full_like(t, 1.0 / (self.t_max - self.t_min))
+            inside = (t >= self.t_min) & (t <= self.t_max)
+            return torch.where(inside, 1.0 / (self.t_max - self.t_min), 0.0).to(t.dtype)
         if self.kind == "logit_normal":
             logit = torch.log(t) - torch.log1p(-t)
             return torch.exp(-0.5 * ((logit - self.m) / self.s) ** 2) / (self.s * math.sqrt(2 * math.pi) * t * (1 - t))
-        raise ValueError(f"density is implemented for 'uniform' and 'logit_normal', not {self.kind!r}")
+        if self.kind == "cosmap":
+            return 2 / (math.pi * (1 - 2 * t + 2 * t**2))
+        if self.kind == "mode":
+            lo, hi = torch.zeros_like(t, dtype=torch.float64), torch.ones_like(t, dtype=torch.float64)
+            for _ in range(60):  # F decreases from F(0) = 1 to F(1) = 0
+                u = (lo + hi) / 2
+                above = 1 - u - self.s * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u) > t.double()
+                lo, hi = torch.where(above, u, lo), torch.where(above, hi, u)
+            u = (lo + hi) / 2
+            return (1 / (1 + self.s - self.s * math.pi / 2 * torch.sin(math.pi * u))).to(t.dtype)
+        sch = self.schedule  # "edm": lambda = -2 (m + s z), z ~ N(0, 1)
+        lam = sch.log_snr(t)
+        d_lam = 2 * (sch.d_alpha(t) / sch.alpha(t) - sch.d_sigma(t) / sch.sigma(t))  # lambda = 2 log(alpha / sigma)
+        z = (lam + 2 * self.m) / (2 * self.s)
+        return torch.exp(-0.5 * z**2) / (2 * self.s * math.sqrt(2 * math.pi)) * d_lam.abs()
