@@ -1,0 +1,1 @@
+"""Latent diffusion (Stable Diffusion) end to end: tokenizer, KL autoencoder, CLIP-style text encoder, judge."""
