@@ -134,9 +134,14 @@ def classifier_guided_denoiser(
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
     gamma = check_scale("gamma", gamma)
-    num_classes = num_classes or getattr(getattr(classifier, "config", None), "num_classes", None)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise TypeError(f"num_classes must be an int (the classifier has no config.num_classes), got {num_classes!r}")
+    if num_classes is None:
+        num_classes = getattr(getattr(classifier, "config", None), "num_classes", None)
+        if num_classes is None:
+            raise TypeError("num_classes must be given: the classifier has no config.num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     y = check_labels(y, num_classes)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

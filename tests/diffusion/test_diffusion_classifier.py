@@ -84,6 +84,24 @@ def test_bayes_rule_on_exact_mixture():
             assert torch.allclose(guided(x, tt), cond(x, tt), atol=1e-10, rtol=0)
 
 
+def test_guidance_is_the_same_whatever_the_denoiser_predicts():
+    """The guided eps does not depend on what the unconditional model predicts (each converted exactly)."""
+    dt = torch.float64
+    w, means = torch.tensor([0.6, 0.4], dtype=dt), torch.tensor([[-1.0, 0.5], [1.5, -1.0]], dtype=dt)
+    covs = torch.stack([torch.eye(2, dtype=dt) * s for s in (0.3, 0.6)])
+    x, t = torch.randn(5, 2, dtype=dt, generator=torch.Generator().manual_seed(2)), torch.full((5,), 0.4, dtype=dt)
+    clf = nn.Linear(2, 2).double()
+
+    def logits(x, t):
+        return clf(x)
+
+    got = {p: classifier_guided_denoiser(gmm_denoiser(SDE, w, means, covs, p), logits, 1, 2.0, SDE, 2)(x, t)
+           for p in ("eps", "x0", "v", "velocity", "score")}  # fmt: skip
+    assert not torch.allclose(got["eps"], gmm_denoiser(SDE, w, means, covs, "eps")(x, t), atol=1e-3)
+    for p in ("x0", "v", "velocity", "score"):
+        assert torch.allclose(got[p], got["eps"], atol=1e-10, rtol=0), p
+
+
 def test_cli_trains_saves_loads(tmp_path):
     out = tmp_path / "clf.safetensors"
     args = ["--steps", "3", "--hidden", "16", "--depth", "1", "--time-dim", "16", "--batch-size", "8"]
@@ -109,8 +127,12 @@ def test_bad_inputs():
         classifier_guided_denoiser(den, clf, 1, float("nan"), SDE)
     with pytest.raises(TypeError, match="denoiser"):
         classifier_guided_denoiser(den.model, clf, 1, 1.0, SDE)
-    with pytest.raises(TypeError, match="num_classes"):
+    with pytest.raises(TypeError, match="num_classes must be given"):
         classifier_guided_denoiser(den, _Linear(), 1, 1.0, SDE)
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        classifier_guided_denoiser(den, _Linear(), 1, 1.0, SDE, num_classes=0)
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        classifier_guided_denoiser(den, _Linear(), 1, 1.0, SDE, num_classes=2.0)
     g = classifier_guided_denoiser(den, clf, torch.tensor([1, 2, 3]), 1.0, SDE)
     with pytest.raises(ValueError, match="1 or 4 labels"):
         g(torch.randn(4, 1, 8, 8), torch.full((4,), 0.5))
