@@ -10,5 +10,9 @@ Modules: :mod:`.schedules` (VP, sub-VP, VE, cosine, rectified flow, discrete tab
 :mod:`.predictions` (eps / x0 / v / velocity / score and the ``Denoiser``), :mod:`.timesteps` (sampling grids,
 training-time samplers), :mod:`.score` (exact Gaussian-mixture scores and denoisers), :mod:`.loss` (the
 diffusion loss, condition dropout), :mod:`.guidance` (classifier-free guidance), :mod:`.samplers`,
-:mod:`.likelihood` (ODE likelihoods, bits/dim), :mod:`.inpaint` (imputation), :mod:`.ema`, :mod:`.train_digits`.
+:mod:`.likelihood` (ODE likelihoods, bits/dim), :mod:`.inpaint` (imputation), :mod:`.ema`, :mod:`.train_digits`
+(digits models, unconditional and class-conditional), :mod:`.classifier` (noisy classifier, classifier guidance),
+:mod:`.tilted` (exact guidance on labelled mixtures), :mod:`.guidance_study` (the Guidance chapter's sweeps),
+:mod:`.discrete` (Stable Diffusion's scheduler conventions), :mod:`.rectified` (SD3's formulations as weighted
+eps-losses, resolution shift).
 """
