@@ -13,7 +13,9 @@ to the frozen UNet's skips and middle (the ``down_residuals`` / ``mid_residual``
 
 At initialisation ``Z = 0``, so the controlled model is the frozen one, bit for bit, whatever ``c``. Zero weights do
 not block learning: for ``y = W h + b`` with ``W = 0``, ``dL/dh = W^T dL/dy = 0`` (nothing reaches the copy in the
-first step) but ``dL/dW = dL/dy h^T != 0``, so the first step moves ``Z`` and later steps reach the copy. Several
+first step) but ``dL/dW = dL/dy h^T != 0``, so the first step moves ``Z`` and the second reaches the copy. The
+condition encoder's last layer is a second zero in series: ``E(c) = 0`` until step two moves it, so the output
+depends on ``c`` only from the third forward pass, and the layers behind it learn from step three. Several
 ControlNets compose by adding their residuals (:class:`ControlledUNet` with a list).
 
 References: Zhang, Rao and Agrawala, "Adding Conditional Control to Text-to-Image Diffusion Models", ICCV 2023

@@ -197,7 +197,7 @@ def train_controlnet(config: ControlTrainConfig = ControlTrainConfig(), pipe=Non
 
 
 def snap_step(curve: list[dict], key: str = "iou") -> int:
-    """The first logged step whose IoU is past halfway from the initial to the final value (the "snap")."""
+    """The first logged step whose IoU is past halfway from the initial to the final value (where a snap would be)."""
     if len(curve) < 2:
         raise ValueError("curve needs at least two points")
     lo, hi = curve[0][key], curve[-1][key]

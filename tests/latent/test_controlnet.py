@@ -97,18 +97,34 @@ def test_zero_convs_learn_at_step_one_while_nothing_reaches_the_copy():
     assert all(h.grad is not None and not h.grad.any() for h in seen)  # dL/dh = W^T dL/dy = 0
     assert all(z.weight.grad.abs().sum() > 0 for z in [*net.zero_convs, net.mid_zero])  # dL/dW = dL/dy h^T != 0
     copy_grads = [p.grad for p in [*net.copy.parameters(), *net.condition_encoder.parameters()]]
-    assert all(g is None or not g.any() for g in copy_grads)
+    computed = [g for g in copy_grads if g is not None]  # None only for the copy's unused parts (e.g. its y table)
+    assert net.copy.conv_in.weight.grad is not None and net.condition_encoder.out.weight.grad is not None
+    assert len(computed) > len(copy_grads) // 2 and all(not g.any() for g in computed)  # computed, exactly zero
     opt.step()
     after = net.state_dict()
     zero_keys = [k for k in after if k.startswith(("zero_convs.", "mid_zero."))]
     assert all(not torch.equal(after[k], before[k]) for k in zero_keys if k.endswith("weight"))
     other = [k for k in after if k not in zero_keys]
     assert all(torch.equal(after[k], before[k]) for k in other)  # Adam's step is 0 / (0 + eps) = 0
-    # step two: now the gradient reaches the trainable copy and the condition encoder
+    # after step one E(c) is still exactly 0 (its last layer is a zero conv): the output ignores the condition
+    with torch.no_grad():
+        out_c = model(x, t, cond, context=ctx, context_mask=mask)
+        assert torch.equal(out_c, model(x, t, torch.zeros_like(cond), context=ctx, context_mask=mask))
+        assert not torch.equal(out_c, unet(x, t, context=ctx, context_mask=mask))  # but the zero convs opened
+    # step two: the gradient reaches the trainable copy and the condition encoder's last layer, not behind it
     opt.zero_grad()
     (model(x, t, cond, context=ctx, context_mask=mask) - target).pow(2).mean().backward()
     assert net.copy.conv_in.weight.grad.abs().sum() > 0
     assert net.condition_encoder.out.weight.grad.abs().sum() > 0
+    assert all(not p.grad.any() for p in net.condition_encoder.net.parameters())
+    # step three: now the layers behind it learn too, and the output depends on the condition
+    opt.step()
+    opt.zero_grad()
+    (model(x, t, cond, context=ctx, context_mask=mask) - target).pow(2).mean().backward()
+    assert all(p.grad.any() for p in net.condition_encoder.net.parameters())
+    with torch.no_grad():
+        assert not torch.equal(model(x, t, cond, context=ctx, context_mask=mask),
+                               model(x, t, torch.zeros_like(cond), context=ctx, context_mask=mask))  # fmt: skip
 
 
 def test_frozen_unet_unchanged_after_training_steps():
