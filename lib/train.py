@@ -95,6 +95,15 @@ class OptimizerStep:
         return out
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int, pct_start: float = 0.05):
+    """``OneCycleLR`` over ``steps`` with a warm-up share ``pct_start``; for ``steps < 40`` the share is raised so
+    that neither phase has zero length (torch divides by each phase's length)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps!r}")
+    pct = pct_start if steps >= 40 else min(0.45, 2.5 / steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=pct)
+
+
 def _batches(data: Iterable[Batch] | Callable[[int], Batch]) -> Iterator[Batch]:
     """Endless stream of batches: ``data(step)`` for a function, else cycle the iterable."""
     if callable(data) and not isinstance(data, Iterable):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lib.train import History, OptimizerStep, train
+from lib.train import History, OptimizerStep, one_cycle, train
 from lib.utils import seed_everything
 
 
@@ -100,3 +100,18 @@ def test_history_last():
     assert h.last(k=2) == 2.0
     with pytest.raises(KeyError):
         h.last("acc")
+
+
+def test_one_cycle_any_length():
+    """torch's OneCycleLR divides by each phase's length; one_cycle keeps both non-zero for short runs and is the
+    plain 5% warm-up from 40 steps on."""
+    for steps in (1, 2, 3, 5, 20, 39, 40, 1500):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1)
+        sched = one_cycle(opt, 0.1, steps)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+    assert one_cycle(opt, 0.1, 1500).total_steps == 1500
+    with pytest.raises(ValueError, match="steps"):
+        one_cycle(opt, 0.1, 0)

@@ -196,7 +196,7 @@ def train_autoencoder(config: AutoencoderConfig = AutoencoderConfig()) -> Traine
     """Train on ``make_shapes(split="train")`` (half plain, half gradient background) through ``lib.train.train``,
     then set ``scale_factor = 1 / latent_std`` on the first 2000 training images (plain: what diffusion sees)."""
     from lib.data.shapes import ShapesConfig, make_shapes
-    from lib.train import train
+    from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
     seed_everything(config.seed, threads=None, deterministic=False)
@@ -210,7 +210,7 @@ def train_autoencoder(config: AutoencoderConfig = AutoencoderConfig()) -> Traine
         return x_train[torch.randint(0, len(x_train), (config.batch_size,), generator=g)]
 
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=0.05)
+    sched = one_cycle(opt, config.lr, config.steps)
     hist = train(model, elbo_loss, batch, config.steps, optimizer=opt, scheduler=sched, grad_clip=1.0,
                  log_every=max(1, config.steps // 200), desc="KL autoencoder")  # fmt: skip
     model.eval()

@@ -111,7 +111,7 @@ def train_ldm(config: LDMTrainConfig = LDMTrainConfig(), autoencoder=None, clip=
     from lib.diffusion.schedules import DiscreteSchedule
     from lib.diffusion.timesteps import TimeSampler
     from lib.latent.conditioning import ClipConditioner
-    from lib.train import train
+    from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
     ae, clip, shas = _frozen_parts(config.conditioning, autoencoder, clip)
@@ -138,7 +138,7 @@ def train_ldm(config: LDMTrainConfig = LDMTrainConfig(), autoencoder=None, clip=
         return loss(m.unet, {"x": b["z"], "context": ctx, "context_mask": mask})
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=0.05)
+    sched = one_cycle(opt, config.lr, config.steps)
     hist = train(model, loss_fn, batch, config.steps, optimizer=opt, scheduler=sched, grad_clip=1.0,
                  log_every=max(1, config.steps // 100), desc=f"latent UNet ({config.conditioning})")  # fmt: skip
     return TrainedLDM(model.eval(), config, hist, shas)

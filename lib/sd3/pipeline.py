@@ -158,7 +158,7 @@ def _frozen_parts(autoencoder=None, clip=None):
 def train_mmdit(config: SD3TrainConfig = SD3TrainConfig(), autoencoder=None, clip=None):  # noqa: B008
     """Train through ``lib.train.train``; returns ``(model (eval mode), History, {sha256 of the frozen parts})``."""
     from lib.data.shapes import caption, make_shapes
-    from lib.train import train
+    from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
     ae, clip, shas = _frozen_parts(autoencoder, clip)
@@ -177,8 +177,7 @@ def train_mmdit(config: SD3TrainConfig = SD3TrainConfig(), autoencoder=None, cli
         return {"x": z[idx], **text_condition(clip, caps)}
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    warm = min(0.5, max(0.05, 2 / config.steps))  # at least two warm-up steps
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=warm)
+    sched = one_cycle(opt, config.lr, config.steps)
     hist = train(model, loss, batch, config.steps, optimizer=opt, scheduler=sched, grad_clip=1.0,
                  log_every=max(1, config.steps // 100), desc="MMDiT (rectified flow)")  # fmt: skip
     return model.eval(), hist, shas
