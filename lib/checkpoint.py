@@ -56,3 +56,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if digest != meta.get("sha256"):
         raise ValueError(f"sha256 mismatch for {path}: file {digest}, recorded {meta.get('sha256')}")
     return load_file(str(path)), meta
+
+
+def remeasure(trained: Any, figures: dict, results: str | Path, out: str | Path, command: str) -> dict:
+    """Re-measure a loaded checkpoint: its training-time figures (``trained.metadata["results"]``) updated by fresh
+    ``figures`` and a reference to the checkpoint, saved to ``results`` with ``command`` as provenance."""
+    from lib.utils import save_results
+
+    meta = trained.metadata
+    source = {"file": Path(out).name, "sha256": meta["sha256"], "command": meta["provenance"]["command"]}
+    merged = {**meta.get("results", {}), **figures, "checkpoint": source}
+    save_results(results, merged, command=command)
+    print(f"saved {results}: {merged}")
+    return merged

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, remeasure, save_checkpoint
 
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "shapes_autoencoder.safetensors"
 SD_SCALE_FACTOR = 0.18215
@@ -281,14 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if only:
         torch.set_num_threads(threads)
         trained = load_autoencoder(out)
-        meta = trained.metadata
-        figures = {
-            **meta.get("results", {}),
-            **evaluate_autoencoder(trained, n_eval),
-            "checkpoint": {"file": Path(out).name, "sha256": meta["sha256"], "command": meta["provenance"]["command"]},
-        }
-        save_results(results, figures, command=command)
-        print(f"saved {results}: {figures}")
+        remeasure(trained, evaluate_autoencoder(trained, n_eval), results, out, command)
         return 0
     config = AutoencoderConfig(**dict(args, channels=tuple(args["channels"])))
     seed_everything(config.seed, threads=threads)

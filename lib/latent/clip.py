@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, remeasure, save_checkpoint
 from lib.latent.tokenizer import Tokenizer
 from lib.seq.transformer import EncoderLayer, TransformerConfig
 
@@ -403,14 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     if only:
         torch.set_num_threads(threads)
         trained = load_clip(out)
-        meta = trained.metadata
-        figures = {
-            **meta.get("results", {}),
-            **evaluate_clip(trained, n_eval),
-            "checkpoint": {"file": Path(out).name, "sha256": meta["sha256"], "command": meta["provenance"]["command"]},
-        }
-        save_results(results, figures, command=command)
-        print(f"saved {results}: {figures}")
+        remeasure(trained, evaluate_clip(trained, n_eval), results, out, command)
         return 0
     seed_everything(config.seed, threads=threads)
     trained = train_clip(config)
