@@ -32,7 +32,7 @@ import torch
 
 from lib.nn.attention import MultiHeadAttention
 from lib.seq.rnn import Recurrent, RNNCell
-from lib.utils import benchmark, get_device, save_results, seed_everything
+from lib.utils import compare, get_device, save_results, seed_everything
 
 LAYERS = ("rnn_loop", "rnn_fused", "attention")
 
@@ -49,10 +49,10 @@ class SequentialBenchConfig:
     """Attention heads."""
     batch: int = 1
     """Sequences per call."""
-    warmup: int = 1
+    warmup: int = 2
     """Untimed calls per layer and length."""
-    repeat: int = 5
-    """Timed calls (the median is kept)."""
+    repeat: int = 15
+    """Timed rounds (each times every layer once; the median is kept)."""
 
     def __post_init__(self) -> None:
         if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
@@ -75,8 +75,8 @@ def time_layers(
 ) -> dict[str, list[float]]:
     """Median forward time in seconds of each layer at each length: ``{"lengths": [...], "rnn_loop": [...], ...}``.
 
-    The layers are timed one after the other at each length (interleaved), so that a change of machine
-    load affects all three alike and the ratios at one length stay meaningful.
+    At each length the layers are timed round-robin (:func:`lib.utils.compare`: every round runs each layer
+    once), so that a change of machine load affects all three alike and the ratios at one length stay meaningful.
     """
     device = torch.device(device)
     layers = {name: m.to(device).eval() for name, m in sequence_layers(config.width, config.heads).items()}
@@ -88,8 +88,9 @@ def time_layers(
             "rnn_fused": lambda x=x: layers["rnn_fused"](x),
             "attention": lambda x=x: layers["attention"](x, x, x),
         }
+        timings = compare(calls, warmup=config.warmup, repeat=config.repeat, device=device)
         for name in LAYERS:
-            out[name].append(benchmark(calls[name], warmup=config.warmup, repeat=config.repeat, device=device).median)
+            out[name].append(timings[name].median)
     return out
 
 
