@@ -138,3 +138,32 @@ def test_sd3_closed_form_densities():
     mid = float(TimeSampler("mode", s=s).density(torch.tensor([0.5], dtype=torch.float64)))
     assert mid == pytest.approx(1 / (1 + s - s * math.pi / 2), rel=1e-9)
     assert float(TimeSampler("uniform", t_min=0.2, t_max=0.7).density(torch.tensor([0.1]))) == 0.0
+
+
+def _ks_two_sample(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of ``a`` and ``b``."""
+    a, b = a.double().sort().values, b.double().sort().values
+    grid = torch.cat([a, b])
+    cdf = lambda x: torch.searchsorted(x, grid, right=True).double() / len(x)  # noqa: E731
+    return float((cdf(a) - cdf(b)).abs().max())
+
+
+def test_time_samplers_match_diffusers_sd3_training_sampler():
+    """Oracle: SD3's training-time samplers as `diffusers` implements them (test-only dependency). diffusers draws
+    u and maps it to a training index, sigma ~ 1 - u; the logit-normal(0, s) and mode densities are symmetric
+    about 1/2 (for mode, F(1 - u) = 1 - F(u)), so t and 1 - t have one law and the samples compare directly."""
+    from diffusers import training_utils
+
+    n, g = 100_000, torch.Generator().manual_seed(0)
+    critical = 1.95 * math.sqrt(2 / n)  # two-sample KS at alpha = 0.001
+    cases = [
+        ("logit_normal", {"logit_mean": 0.0, "logit_std": 1.0}, TimeSampler("logit_normal", m=0.0, s=1.0, t_min=0.0)),
+        ("mode", {"mode_scale": 1.29}, TimeSampler("mode", s=1.29, t_min=0.0)),
+        ("none", {}, TimeSampler("uniform", t_min=0.0)),
+    ]
+    for scheme, kw, ours in cases:
+        ref = training_utils.compute_density_for_timestep_sampling(scheme, n, generator=g, **kw)
+        assert _ks_two_sample(ours(n, generator=g, dtype=torch.float64), ref) < critical, scheme
+    # the statistic can fail: mode with another scale is told apart from the reference
+    ref = training_utils.compute_density_for_timestep_sampling("mode", n, mode_scale=1.29, generator=g)
+    assert _ks_two_sample(TimeSampler("mode", s=0.5, t_min=0.0)(n, generator=g), ref) > 5 * critical
