@@ -224,12 +224,19 @@ def save_autoencoder(trained: TrainedAutoencoder, path: str | Path, command: str
                            config=dataclasses.asdict(trained.config), extra=extra)  # fmt: skip
 
 
-def load_autoencoder(path: str | Path = DEFAULT_CHECKPOINT) -> TrainedAutoencoder:
-    """Load a checkpoint written by :func:`save_autoencoder` (sha256 verified), in eval mode."""
+def load_autoencoder(path: str | Path = DEFAULT_CHECKPOINT, decoder: str | Path | None = None) -> TrainedAutoencoder:
+    """Load a checkpoint written by :func:`save_autoencoder` (sha256 verified), in eval mode; with ``decoder``, a
+    decoder fine-tuned on it (``lib.latent.decoder_ft``, refused if made for another autoencoder) replaces its own."""
     state, meta = load_checkpoint(path)
     config = AutoencoderConfig(**dict(meta["config"], channels=tuple(meta["config"]["channels"])))
     model = KLAutoencoder(config)
     model.load_state_dict(state)
+    if decoder is not None:
+        dec_state, dec_meta = load_checkpoint(decoder)
+        if dec_meta.get("autoencoder_sha256") != meta["sha256"]:
+            raise ValueError(f"{Path(decoder).name} was fine-tuned on another autoencoder than {Path(path).name}")
+        model.load_state_dict({**state, **dec_state})
+        meta = {**meta, "decoder": {"file": Path(decoder).name, "sha256": dec_meta["sha256"]}}
     return TrainedAutoencoder(model.eval(), config, None, meta)
 
 

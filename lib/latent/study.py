@@ -18,6 +18,7 @@ guidance). Means and standard deviations are over the seeds (the sampling noise)
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -101,9 +102,10 @@ def spread(per_seed: dict) -> dict:
 
 def reference(sizes: dict[str, int]) -> dict:
     """The judge on the real images of the caption sets and on their autoencoder reconstructions (the ceiling)."""
-    from lib.latent.autoencoder import load_autoencoder, reconstruct
+    from lib.latent.autoencoder import reconstruct
+    from lib.latent.train import shipped_autoencoder
 
-    ae = load_autoencoder().model
+    ae = shipped_autoencoder()
     sets = caption_sets(sizes)
     return {"real": {g: judge_set(b.images, b) for g, b in sets.items()},
             "reconstructed": {g: judge_set(reconstruct(ae, b.images), b) for g, b in sets.items()}}  # fmt: skip
@@ -129,17 +131,35 @@ def table(per_conditioning: dict) -> list[dict]:
     return rows
 
 
+def ablation_of(label: str) -> str | None:
+    """``None`` for a shipped conditioning; for another study label (e.g. ``grouped_full_1500``, a checkpoint of the
+    ``grouped_full`` conditioning trained differently) the conditioning it is an ablation of."""
+    if label in CONDITIONINGS:
+        return None
+    bases = [c for c in CONDITIONINGS if label.startswith(c + "_")]
+    if not bases:
+        raise ValueError(f"study label {label!r} is neither a conditioning of {CONDITIONINGS} nor <conditioning>_<tag>")
+    return max(bases, key=len)
+
+
 def bars(per_conditioning: dict) -> dict:
     """Issue 18's bars per conditioning at its chosen ``w`` (the weight with the best mean of one-object joint
-    accuracy and two-object binding, selected on these captions), and the hard-negative effect per ``w``."""
+    accuracy and two-object binding, selected on these captions), and the hard-negative effect per ``w``. An
+    ablation row (:func:`ablation_of`) gets its chosen ``w`` and rates but no bar verdicts: the bars belong to the
+    shipped checkpoints."""
     out: dict = {}
     for cond, res in per_conditioning.items():
         w = max(res["w"], key=lambda w, r=res["w"]: r[w]["mean"]["one"]["joint"] + r[w]["mean"]["two"]["binding"])
         m = res["w"][w]["mean"]
         out[cond] = {"chosen_w": float(w), "one_min_attribute": min(m["one"][a] for a in ONE_KEYS[:5]),
-                     "one_joint": m["one"]["joint"], "two_binding": m["two"]["binding"], "two_swap": m["two"]["swap"],
-                     "one_attributes_ge_0.97": min(m["one"][a] for a in ONE_KEYS[:5]) >= 0.97,
-                     "one_joint_ge_0.95": m["one"]["joint"] >= 0.95}  # fmt: skip
+                     "one_joint": m["one"]["joint"], "two_binding": m["two"]["binding"],
+                     "two_swap": m["two"]["swap"]}  # fmt: skip
+        base = ablation_of(cond)
+        if base is not None:
+            out[cond]["ablation_of"] = base
+            continue
+        out[cond].update({"one_attributes_ge_0.97": out[cond]["one_min_attribute"] >= 0.97,
+                          "one_joint_ge_0.95": m["one"]["joint"] >= 0.95})  # fmt: skip
         if cond.startswith("grouped"):
             out[cond]["two_binding_ge_0.80"] = m["two"]["binding"] >= 0.80
     if {"clip", "clip_hardneg"} <= set(per_conditioning):
@@ -188,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = load_pipeline(args.checkpoint, conditioning=args.conditioning)
         label = args.checkpoint.stem.removeprefix("shapes_ldm_") if args.checkpoint else args.conditioning
+        from lib.checkpoint import sha256
+        from lib.latent.decoder_ft import FT_DECODER
+
         res = {"convention": CONVENTION, "steps": args.steps, "sizes": sizes, "seeds": args.seeds, "ws": args.ws,
+               "decoder": {"file": FT_DECODER.name, "sha256": sha256(FT_DECODER)},
                label: run(pipe, args.ws, args.seeds, sizes, args.steps)}  # fmt: skip
         if label == "grouped":
             res["reference"] = reference(sizes)
@@ -202,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     per = {c: p["results"][c] for c, p in parts.items()}
     first = next(iter(parts.values()))["results"]
     res = {k: first[k] for k in ("convention", "steps", "sizes", "seeds", "ws")}
+    for key in ("steps", "sizes", "seeds", "ws", "decoder"):  # comparable rows: the same settings and decoder
+        values = {c: p["results"].get(key) for c, p in parts.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            raise SystemExit(f"the study files differ in {key}: {values}")
+    res["decoder"] = first.get("decoder")
     res.update(
         conditionings=per, table=table(per), bars=bars(per), sources={c: p["provenance"] for c, p in parts.items()}
     )

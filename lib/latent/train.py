@@ -90,15 +90,23 @@ class TrainedLDM:
     metadata: dict | None = None
 
 
-def _frozen_parts(conditioning: str, autoencoder=None, clip=None):
+def shipped_autoencoder():
+    """The shipped autoencoder with its fine-tuned decoder (``lib.latent.decoder_ft``; the encoder, hence the latent
+    space every latent model was trained in, is the autoencoder's own), frozen, in eval mode."""
+    from lib.latent.autoencoder import load_autoencoder
+    from lib.latent.decoder_ft import FT_DECODER
+
+    return load_autoencoder(AUTOENCODER, decoder=FT_DECODER).model.eval().requires_grad_(False)
+
+
+def frozen_parts(conditioning: str, autoencoder=None, clip=None):
     """``(autoencoder, clip or None, {"autoencoder_sha256": ..., "clip_sha256": ...})``: the given parts, else the
     shipped checkpoints (and their sha256; ``None`` for a part passed in)."""
-    from lib.latent.autoencoder import load_autoencoder
     from lib.latent.clip import load_clip
 
     shas = {"autoencoder_sha256": None, "clip_sha256": None}
     if autoencoder is None:
-        autoencoder, shas["autoencoder_sha256"] = load_autoencoder(AUTOENCODER).model, sha256(AUTOENCODER)
+        autoencoder, shas["autoencoder_sha256"] = shipped_autoencoder(), sha256(AUTOENCODER)
     if conditioning in CLIPS and clip is None:
         clip, shas["clip_sha256"] = load_clip(CLIPS[conditioning]), sha256(CLIPS[conditioning])
     return autoencoder.eval().requires_grad_(False), clip, shas
@@ -114,7 +122,7 @@ def train_ldm(config: LDMTrainConfig = LDMTrainConfig(), autoencoder=None, clip=
     from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
-    ae, clip, shas = _frozen_parts(config.conditioning, autoencoder, clip)
+    ae, clip, shas = frozen_parts(config.conditioning, autoencoder, clip)
     text = ClipConditioner(clip) if clip is not None else None
     seed_everything(config.seed, threads=None, deterministic=False)
     model = LatentDenoiser(config.model(text.d if text else None, ae.config.latent_channels))
@@ -160,7 +168,7 @@ def load_pipeline(path: str | Path | None = None, conditioning: str = "grouped",
     path = Path(path) if path is not None else checkpoint_path(conditioning)
     state, meta = load_checkpoint(path)
     model_cfg = LDMConfig(**meta["model"])
-    ae, clip, shas = _frozen_parts(model_cfg.conditioning, autoencoder, clip)
+    ae, clip, shas = frozen_parts(model_cfg.conditioning, autoencoder, clip)
     for key, got in shas.items():  # the shipped parts must be the ones it was trained on
         if got is not None and meta.get(key) is not None and got != meta[key]:
             raise ValueError(
