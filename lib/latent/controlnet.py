@@ -19,8 +19,9 @@ depends on ``c`` only from the third forward pass, and the layers behind it lear
 ControlNets compose by adding their residuals (:class:`ControlledUNet` with a list).
 
 References: Zhang, Rao and Agrawala, "Adding Conditional Control to Text-to-Image Diffusion Models", ICCV 2023
-(sections 3.1-3.3: trainable copy, zero convolution, condition encoder of four convolutions, 50% empty prompts,
-"sudden convergence", multi-ControlNet); Rombach et al. 2022 (the latent UNet it controls).
+(sections 3.1-3.3: trainable copy, zero convolution, condition encoder (four convolutions in the text; eight, the
+last zero-initialised, in the released code), 50% empty prompts, "sudden convergence", multi-ControlNet);
+Rombach et al. 2022 (the latent UNet it controls).
 
 Glossary
 --------

@@ -4,7 +4,7 @@ Chapter: "ControlNet" (``chapters/controlnet.ipynb``). Model: :mod:`lib.latent.c
 
     python -m lib.latent.controlnet_train train --kind mask                  # -> weights/shapes_controlnet_mask
     python -m lib.latent.controlnet_train train --kind mask --p-empty 0      # the no-empty-caption ablation
-    python -m lib.latent.controlnet_train study                              # -> results/controlnet/study.json
+    python -m lib.latent.controlnet_train train --kind mask --seed 1         # -> weights/shapes_controlnet_mask_s1
 
 Training: the frozen pipeline's autoencoder latents of ``make_shapes(n_train, split="train")``, their condition
 images (:func:`~lib.latent.controlnet.condition_image`), and their context (labels or captions, as the frozen UNet
@@ -12,7 +12,10 @@ was trained); with probability ``p_empty`` the context is the UNet's null contex
 et al.) so that the ControlNet must read the layout from the condition itself. Loss: ``lib.diffusion.loss.
 DiffusionLoss`` (eps on SD's discrete schedule) through ``lib.train.train``; only the ControlNet is optimised.
 Every ``eval_every`` steps the mask IoU of controlled samples of a fixed test set (fixed noise) is logged: the
-"sudden convergence" curve (IoU vs step), saved with the checkpoint and in ``results/controlnet/train_<name>.json``.
+"sudden convergence" curve (IoU vs step), saved with the checkpoint and in ``results/controlnet/train_<name>.json``;
+the test layouts and the noise are the same for every training seed, so curves of different seeds compare.
+
+The IoU study over trained ControlNets and their composition: :mod:`lib.latent.controlnet_study`.
 
 Mask IoU: each generated image is segmented against its background (``lib.latent.judge.segment``, exact for this
 data); each requested object's mask is compared with the segment overlapping it most, ``|A and B| / |A or B|``
@@ -153,6 +156,7 @@ def train_controlnet(config: ControlTrainConfig = ControlTrainConfig(), pipe=Non
     from lib.data.shapes import make_shapes
     from lib.diffusion.loss import DiffusionLoss
     from lib.diffusion.timesteps import TimeSampler
+    from lib.latent.controlnet_study import unseen_layouts
     from lib.latent.train import load_pipeline
     from lib.train import train
 
@@ -175,7 +179,7 @@ def train_controlnet(config: ControlTrainConfig = ControlTrainConfig(), pipe=Non
     schedule = pipe.schedule
     loss = DiffusionLoss(schedule, "eps", t_sampler=TimeSampler(t_min=1.0 / schedule.num_steps),
                          p_uncond={"context": config.p_empty}, generator=g)  # fmt: skip
-    test = unseen_layouts(config.eval_n, seed=1000 + config.seed, n_train=config.n_train)
+    test = unseen_layouts(config.eval_n, seed=1000, n_train=config.n_train)  # the same for every seed
     test_cond = condition_image(test, config.kind)
     curve: list[dict] = []
 
@@ -202,6 +206,17 @@ def snap_step(curve: list[dict], key: str = "iou") -> int:
         raise ValueError("curve needs at least two points")
     lo, hi = curve[0][key], curve[-1][key]
     return next(p["step"] for p in curve if p[key] >= (lo + hi) / 2)
+
+
+def decoder_provenance(original: bool = False) -> dict:
+    """File and sha256 of the decoder the shipped pipeline decodes with (``lib.latent.train.shipped_autoencoder``:
+    the fine-tuned one; results written before it existed were decoded by the autoencoder's own decoder, which
+    ``original=True`` names)."""
+    from lib.latent.decoder_ft import FT_DECODER
+    from lib.latent.train import AUTOENCODER
+
+    path = AUTOENCODER if original else FT_DECODER
+    return {"file": path.name + (" (its own decoder)" if original else ""), "sha256": sha256(path)}
 
 
 def save_controlnet(trained: TrainedControlNet, path: str | Path, command: str, ldm_path: str | Path) -> Path:
@@ -234,120 +249,56 @@ def load_controlnet(path: str | Path, pipe=None) -> tuple[ControlNet, dict]:
     return net.eval(), meta
 
 
-def unseen_layouts(n: int, seed: int, n_train: int = 20000):
-    """``n`` test-split images whose union mask appears nowhere in the training images ``make_shapes(n_train,
-    seed=0, split="train")`` (one-object layouts are all seen: 4 shapes x 2 sizes x 9 cells x 9 jitters)."""
-    from lib.data.shapes import make_shapes
-
-    seen = {bytes(m.numpy()) for m in condition_image(make_shapes(n_train, seed=0, split="train")).bool()}
-    pool = make_shapes(4 * n, seed=seed, split="test")
-    keep = [i for i, m in enumerate(condition_image(pool).bool()) if bytes(m.numpy()) not in seen][:n]
-    if len(keep) < n:
-        raise ValueError(f"only {len(keep)} unseen layouts among {4 * n} test images; ask for fewer")
-    return pool[keep]
-
-
-def _spread(values: list[float]) -> dict:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t),
-            "min": float(t.min()), "max": float(t.max())}  # fmt: skip
-
-
-def run_study(names: list[str], strengths: list[float], sample_seeds: list[int], n: int, n_one: int, w: float,
-              steps: int, conditioning: str = "grouped") -> dict:  # fmt: skip
-    """Mask IoU (test layouts, 1-3 objects) per checkpoint, strength and caption mode (the caption / the empty
-    caption), and the judge's shape and colour accuracy on one-object samples; strength 0 is the frozen text-only
-    model. Spreads are over (checkpoint, sampling seed) runs of one setting (kind, p_empty)."""
-    from lib.data.shapes import make_shapes
-    from lib.latent.judge import evaluate
-    from lib.latent.train import load_pipeline
-
-    pipe = load_pipeline(conditioning=conditioning)
-    test, one = unseen_layouts(n, seed=2000), make_shapes(n_one, seed=2001, n_objects=1, split="test")
-    with torch.no_grad():  # the ceiling: IoU of the autoencoder's reconstructions of the real test images
-        ceiling = iou_summary(pipe.decode(pipe.autoencoder.encode(test.images)), test)
-    runs: list[dict] = []
-    for name in names:
-        net, meta = load_controlnet(WEIGHTS_DIR / f"{name}.safetensors", pipe)
-        model, cfg = ControlledUNet(pipe.denoiser.unet, net), meta["config"]
-        setting = f"{cfg['kind']}, p_empty={cfg['p_empty']}"
-        cond, cond_one = condition_image(test, cfg["kind"]), condition_image(one, cfg["kind"])
-        for seed in sample_seeds:
-            for s in strengths:
-                if s == 0 and name != names[0]:  # strength 0 is the frozen model, the same for every ControlNet
-                    continue
-                for empty in (False, True) if s in (0.0, 1.0) else (False,):  # the empty caption at 0 and 1 only
-                    gen = torch.Generator().manual_seed(seed)
-                    images = generate_controlled(pipe, model, cond, test.captions, test.labels, w=w, steps=steps,
-                                                 generator=gen, strength=s, empty=empty)  # fmt: skip
-                    runs.append({"setting": setting if s else TEXT_ONLY, "model": name, "seed": seed, "strength": s,
-                                 "caption": "empty" if empty else "caption", **iou_summary(images, test)})  # fmt: skip
-            for s in sorted({0.0, 1.0} & set(strengths)):
-                if s == 0 and name != names[0]:
-                    continue
-                gen = torch.Generator().manual_seed(seed)
-                images = generate_controlled(pipe, model, cond_one, one.captions, one.labels, w=w, steps=steps,
-                                             generator=gen, strength=s)  # fmt: skip
-                recs = evaluate(images, one.labels).records
-                acc = {a: sum(r[a] for r in recs) / len(recs) for a in ("shape", "colour")}
-                acc["shape_and_colour"] = sum(r["shape"] and r["colour"] for r in recs) / len(recs)
-                runs.append({"setting": setting if s else TEXT_ONLY, "model": name, "seed": seed, "strength": s,
-                             "caption": "judge_one",
-                             **acc, **iou_summary(images, one)})  # fmt: skip
-            print(f"{name} seed {seed} done", flush=True)
-    summary: dict[str, dict] = {}
-    for r in runs:
-        key = f"{r['setting']} | strength {r['strength']} | {r['caption']}"
-        summary.setdefault(key, {"runs": []})["runs"].append(r)
-    for group in summary.values():
-        metrics = [k for k, v in group["runs"][0].items() if isinstance(v, float) and k != "strength"]
-        group.update({k: _spread([r[k] for r in group["runs"]]) for k in metrics})
-        group["models"] = sorted({r["model"] for r in group["runs"]})
-        del group["runs"]
-    return {"runs": runs, "summary": summary, "autoencoder_ceiling": ceiling, "w": w, "steps": steps, "n": n,
-            "n_one": n_one, "sample_seeds": sample_seeds, "strengths": strengths, "models": names}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     from lib.latent.train import checkpoint_path
     from lib.utils import save_results, seed_everything
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train one ControlNet")
+    tr = sub.add_parser("train", help="train one ControlNet (the study: python -m lib.latent.controlnet_study)")
     for f in dataclasses.fields(ControlTrainConfig):
         tr.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    st = sub.add_parser("study", help="IoU / judge study over trained ControlNets")
-    st.add_argument("--names", nargs="+", default=["shapes_controlnet_mask"])
-    st.add_argument("--strengths", nargs="+", type=float, default=[0.0, 0.5, 1.0, 1.5])
-    st.add_argument("--sample-seeds", nargs="+", type=int, default=[0])
-    st.add_argument("--n", type=int, default=200, help="test images (1-3 objects) per run")
-    st.add_argument("--n-one", type=int, default=200, help="one-object test images for the judge")
-    st.add_argument("--w", type=float, default=2.0)
-    st.add_argument("--steps", type=int, default=20)
-    st.add_argument("--conditioning", default="grouped")
-    st.add_argument("--out", default=str(RESULTS / "study.json"))
-    for p in (tr, st):
-        p.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--decoder", choices=("finetuned", "original"), default="finetuned",
+                    help="decoder of the logged IoU curve (training itself never decodes)")  # fmt: skip
+    tr.add_argument("--no-checkpoint", action="store_true", help="log the curve only (e.g. a replay of a few steps)")
+    tr.add_argument("--results", default=None, help="default results/controlnet/train_<name>.json")
+    tr.add_argument("--threads", type=int, default=1)
     args = vars(parser.parse_args(argv))
     command = "python -m lib.latent.controlnet_train " + " ".join(sys.argv[1:] if argv is None else argv)
-    cmd, threads = args.pop("cmd"), args.pop("threads")
-    if cmd == "study":
-        seed_everything(0, threads=threads)
-        out = args.pop("out")
-        save_results(out, run_study(**args), command=command)
-        print(f"saved {out}")
-        return 0
+    args.pop("cmd")
+    threads, decoder, no_ckpt, out = (
+        args.pop("threads"),
+        args.pop("decoder"),
+        args.pop("no_checkpoint"),
+        args.pop("results"),
+    )
     config = ControlTrainConfig(**args)
     seed_everything(config.seed, threads=threads, deterministic=False)
-    trained = train_controlnet(config)
-    path = save_controlnet(trained, WEIGHTS_DIR / f"{config.name}.safetensors", command,
-                           checkpoint_path(config.conditioning))  # fmt: skip
+    trained = train_controlnet(config, _pipeline(config.conditioning, decoder))
+    path = None
+    if not no_ckpt:
+        path = save_controlnet(trained, WEIGHTS_DIR / f"{config.name}.safetensors", command,
+                               checkpoint_path(config.conditioning))  # fmt: skip
     results = {"config": dataclasses.asdict(config), "curve": trained.curve, "snap_step": snap_step(trained.curve),
-               "train_seconds": trained.history.seconds, "checkpoint": path.name}  # fmt: skip
-    save_results(RESULTS / f"train_{config.name[len('shapes_controlnet_') :]}.json", results, command=command)
-    print(f"saved {path}: curve {[round(p['iou'], 3) for p in trained.curve]}, {trained.history.seconds:.0f} s")
+               "train_seconds": trained.history.seconds, "checkpoint": path.name if path else None,
+               "curve_decoder": decoder_provenance(original=decoder == "original")}  # fmt: skip
+    out = out or RESULTS / f"train_{config.name[len('shapes_controlnet_') :]}.json"
+    save_results(out, results, command=command)
+    print(f"saved {path or out}: curve {[round(p['iou'], 3) for p in trained.curve]}, {trained.history.seconds:.0f} s")
     return 0
+
+
+def _pipeline(conditioning: str, decoder: str):
+    """The shipped pipeline; with ``decoder="original"`` decoding with the autoencoder's own decoder."""
+    from lib.latent.train import load_pipeline
+
+    if decoder == "finetuned":
+        return load_pipeline(conditioning=conditioning)
+    from lib.latent.autoencoder import load_autoencoder
+    from lib.latent.train import AUTOENCODER
+
+    ae = load_autoencoder(AUTOENCODER).model.eval().requires_grad_(False)
+    return load_pipeline(conditioning=conditioning, autoencoder=ae)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """ControlNet: bit-identical to the frozen UNet at initialisation for any condition; zero convolutions get a gradient
 at step one while nothing reaches the trainable copy; the frozen UNet stays frozen; strengths and composition;
-errors. A small randomly initialised UNet (no checkpoint needed)."""
+errors; the condition encoder against diffusers' ControlNetConditioningEmbedding (oracle). A small randomly
+initialised UNet (no checkpoint needed)."""
 
 import hashlib
 
@@ -52,6 +53,31 @@ def test_from_unet_copies_the_encoder_and_drops_the_decoder():
     assert torch.equal(h, h2) and all(torch.equal(a, b) for a, b in zip(hs, hs2, strict=True))
     assert [z.in_channels for z in net.zero_convs] == [a.shape[1] for a in hs]
     assert all(not z.weight.any() and not z.bias.any() for z in [*net.zero_convs, net.mid_zero])
+
+
+@pytest.mark.parametrize(("hidden", "factor"), [((16, 32, 64), 4), ((5, 7), 2), ((16, 32, 96, 256), 8)])
+def test_condition_encoder_matches_diffusers(hidden, factor):
+    """Oracle: ``diffusers``' ``ControlNetConditioningEmbedding`` (Zhang et al.'s released ``input_hint_block``), same
+    weights, same output; both end in a zero-initialised convolution."""
+    emb = pytest.importorskip("diffusers.models.controlnets.controlnet").ControlNetConditioningEmbedding
+    from lib.latent.controlnet import ConditionEncoder
+
+    torch.manual_seed(0)
+    ours = ConditionEncoder(ControlNetConfig(condition_channels=2, factor=factor, hidden=hidden), out_channels=11)
+    ref = emb(conditioning_embedding_channels=11, conditioning_channels=2, block_out_channels=hidden)
+    assert not ours.out.weight.any() and not ours.out.bias.any() and not ref.conv_out.weight.any()
+    torch.nn.init.normal_(ours.out.weight, std=0.1)  # a zero read-out would make the comparison trivial
+    torch.nn.init.normal_(ours.out.bias, std=0.1)
+    convs = [m for m in ours.net if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + len(ref.blocks)
+    for a, b in zip(convs, [ref.conv_in, *ref.blocks], strict=True):
+        b.load_state_dict(a.state_dict())
+    ref.conv_out.load_state_dict(ours.out.state_dict())
+    c = torch.rand(3, 2, factor * 5, factor * 3, generator=torch.Generator().manual_seed(1))  # awkward sizes
+    with torch.no_grad():
+        out, want = ours(c), ref(c)
+    assert out.shape == want.shape == (3, 11, 5, 3)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "random", "mask"])

@@ -2,13 +2,14 @@
 UNet unchanged, round-trips through a checkpoint; mask IoU is exact on real images; strength 0 reproduces the frozen
 pipeline bit for bit. No checkpoint needed."""
 
+import dataclasses
 import hashlib
+import json
 
 import pytest
 import torch
 
 from lib.data.shapes import make_shapes
-from lib.latent.autoencoder import AutoencoderConfig, KLAutoencoder
 from lib.latent.controlnet import ControlledUNet, ControlNet, condition_image
 from lib.latent.controlnet_train import (
     ControlTrainConfig,
@@ -19,17 +20,7 @@ from lib.latent.controlnet_train import (
     save_controlnet,
     snap_step,
     train_controlnet,
-    unseen_layouts,
 )
-from lib.latent.pipeline import LatentDenoiser, LDMConfig, TextToImage
-
-
-def _pipe():
-    torch.manual_seed(0)
-    ae = KLAutoencoder(AutoencoderConfig(channels=(16, 16))).eval()
-    den = LatentDenoiser(LDMConfig(conditioning="grouped", base_channels=8, time_dim=16, context_dim=16))
-    torch.nn.init.normal_(den.unet.out[-1].weight, std=0.1)
-    return TextToImage(den, ae)
 
 
 def _hash(module):
@@ -48,8 +39,8 @@ def test_mask_iou_is_exact_on_real_images_and_drops_when_shifted():
         mask_iou(data.images, data.masks[:3], data.labels)
 
 
-def test_strength_zero_is_the_frozen_pipeline():
-    pipe = _pipe()
+def test_strength_zero_is_the_frozen_pipeline(tiny_pipe):
+    pipe = tiny_pipe
     net = ControlNet.from_unet(pipe.denoiser.unet)
     torch.nn.init.normal_(net.mid_zero.weight, std=0.5)  # a "trained" ControlNet
     model = ControlledUNet(pipe.denoiser.unet, net)
@@ -68,15 +59,25 @@ def test_strength_zero_is_the_frozen_pipeline():
         generate_controlled(pipe, model, cond, labels=data.labels, w=-1.0, steps=3)
 
 
-def test_training_smoke_curve_frozen_unet_and_checkpoint(tmp_path):
-    pipe = _pipe()
+def test_training_smoke_curve_frozen_unet_and_checkpoint(tiny_pipe, tmp_path):
+    pipe = tiny_pipe
     before = _hash(pipe.denoiser.unet)
     cfg = ControlTrainConfig(steps=4, batch_size=8, n_train=32, eval_every=2, eval_n=4, eval_steps=2, seed=0)
     trained = train_controlnet(cfg, pipe)
     assert [p["step"] for p in trained.curve] == [0, 2, 4]
-    assert all(0 <= p["iou"] <= 1 for p in trained.curve)
+    from lib.latent.controlnet_study import unseen_layouts
+
+    test = unseen_layouts(cfg.eval_n, seed=1000, n_train=cfg.n_train)  # the log's layouts and noise (seed 12345)
+    frozen = generate_controlled(pipe, ControlledUNet(pipe.denoiser.unet, ControlNet.from_unet(pipe.denoiser.unet)),
+                                 condition_image(test), test.captions, test.labels, w=cfg.w, steps=cfg.eval_steps,
+                                 generator=torch.Generator().manual_seed(12345), strength=0.0)  # fmt: skip
+    assert trained.curve[0]["iou"] == iou_summary(frozen, test)["iou"]  # step 0 of the log is the frozen model
     assert _hash(pipe.denoiser.unet) == before
     assert any(z.weight.abs().sum() > 0 for z in trained.controlnet.zero_convs)  # it did learn
+    other = train_controlnet(dataclasses.replace(cfg, seed=1, steps=2, eval_every=2), pipe)
+    assert other.curve[0] == trained.curve[0]  # the same test layouts and noise for every training seed ...
+    w0, w1 = (t.controlnet.condition_encoder.net[0].weight for t in (trained, other))
+    assert not torch.equal(w0, w1)  # ... but another initialisation
     ldm = tmp_path / "ldm.bin"
     ldm.write_bytes(b"frozen unet")
     path = save_controlnet(trained, tmp_path / "cn.safetensors", "test", ldm)
@@ -102,8 +103,19 @@ def test_config_errors():
     assert ControlTrainConfig(p_empty=0.0, seed=2).name == "shapes_controlnet_mask_noempty_s2"
 
 
-def test_unseen_layouts_are_not_in_the_training_set():
-    b = unseen_layouts(10, seed=5, n_train=500)
-    seen = {bytes(m.numpy()) for m in condition_image(make_shapes(500, seed=0, split="train")).bool()}
-    assert len(b) == 10 and not any(bytes(m.numpy()) in seen for m in condition_image(b).bool())
-    assert bool((b.n_objects >= 1).all())
+def test_train_command_replay_without_checkpoint(tmp_path):
+    from lib.checkpoint import WEIGHTS_DIR
+    from lib.latent.controlnet_train import main
+
+    shas = []
+    for decoder in ("original", "finetuned"):
+        out = tmp_path / f"{decoder}.json"
+        args = ["train", "--seed", "98", "--steps", "2", "--n-train", "64", "--batch-size", "4", "--eval-n", "4",
+                "--eval-every", "1", "--eval-steps", "1", "--no-checkpoint", "--decoder", decoder,
+                "--results", str(out)]  # fmt: skip
+        assert main(args) == 0
+        res = json.loads(out.read_text())["results"]
+        assert res["checkpoint"] is None and [p["step"] for p in res["curve"]] == [0, 1, 2]
+        shas.append(res["curve_decoder"]["sha256"])
+    assert res["curve_decoder"]["file"] == "shapes_decoder_ft.safetensors" and shas[0] != shas[1]
+    assert not (WEIGHTS_DIR / "shapes_controlnet_mask_s98.safetensors").exists()
