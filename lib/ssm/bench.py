@@ -1,6 +1,6 @@
 """Benchmark of the selective-scan implementations, forward and forward + backward, at L = 4096.
 
-``python -m lib.ssm.bench --device cpu --out results/ssm/scan_cpu.json`` (the chapter's CPU table) and
+``python -m lib.ssm.bench --device cpu --threads 1 --out results/ssm/scan_cpu.json`` (the chapter's CPU table) and
 ``python -m lib.ssm.bench --device cuda --out results/ssm/scan_cuda.json`` (``make gpu``: adds the Triton kernel
 and a larger size). The results file is rewritten, with provenance, after every row, most important rows first,
 so an interrupted run still leaves a valid file. Chapter: "State space models" (``chapters/ssm.ipynb``).
@@ -67,8 +67,23 @@ def inputs(r: Row, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
     return [x.to(device) for x in t]
 
 
+def check_output(r: Row, device: torch.device, rtol: float = 1e-3, atol: float = 1e-3) -> None:
+    """Refuse to time a wrong computation: the row's output on its inputs must be finite and equal (``allclose``)
+    to the fused loop's. Raises ``AssertionError`` otherwise."""
+    u, delta, A, B, C, D, z, bias = inputs(r, device)
+    with torch.no_grad():
+        kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
+        y = selective_scan(u, delta, A, B, C, **kw, impl=r.impl)
+        assert torch.isfinite(y).all(), f"{r.impl}: {int((~torch.isfinite(y)).sum())} non-finite outputs"
+        if r.impl != "loop":
+            want = selective_scan(u, delta, A, B, C, **kw, impl="loop")
+            err = float((y - want).abs().max())
+            assert torch.allclose(y, want, rtol=rtol, atol=atol), f"{r.impl} differs from the loop by {err:.2e}"
+
+
 def measure(r: Row, device: torch.device, repeat: int = 3) -> dict[str, Any]:
-    """Median time of one row (the slow reference is timed once, without warm-up)."""
+    """Median time of one row (the slow reference is timed once, without warm-up), after :func:`check_output`."""
+    check_output(r, device)
     u, delta, A, B, C, D, z, bias = inputs(r, device)
     leaves = [x.requires_grad_(r.mode == "fwd+bwd") for x in (u, delta, A, B, C)]
 
@@ -84,10 +99,19 @@ def measure(r: Row, device: torch.device, repeat: int = 3) -> dict[str, Any]:
     return {**r.__dict__, "seconds": timing.median, "times": list(timing.times), "device": device.type}
 
 
-def run(device: str, out: Path | None, L: int = 4096, repeat: int = 3, command: str | None = None, verbose=True):
-    """Measure :func:`default_rows` in order; rewrite ``out`` after each row. Returns the rows."""
+def run(
+    device: str,
+    out: Path | None,
+    L: int = 4096,
+    repeat: int = 3,
+    command: str | None = None,
+    verbose=True,
+    threads: int | None = None,
+):
+    """Measure :func:`default_rows` in order; rewrite ``out`` after each row. Returns the rows. ``threads``: torch's
+    intra-op threads (default: :data:`lib.utils.DEFAULT_THREADS`)."""
     dev = torch.device(device)
-    seed_everything(0)
+    seed_everything(0) if threads is None else seed_everything(0, threads=threads)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for r in default_rows(device, L):
@@ -114,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--L", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: BOOK_THREADS or 2)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available")
     command = "python -m lib.ssm.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    run(a.device, a.out, a.L, a.repeat, command)
+    run(a.device, a.out, a.L, a.repeat, command, threads=a.threads)
     return 0
 
 

@@ -1,5 +1,7 @@
 """The Mamba block and a small language model built from it, with the SSM core selectable: S6 (selective) or
-S4D (time-invariant), so that the two differ only in selectivity.
+S4D (time-invariant). The two share every other part of the block; their cores differ in more than selectivity:
+S6's ``delta, B, C`` are functions of the input on a real diagonal ``A`` (S4D-Real), while S4D is a fixed complex
+diagonal kernel (S4D-Lin initialisation) with its own step sizes and parameter count.
 
 Gu & Dao (2023), "Mamba", section 3.4 and figure 3. Chapter: "State space models" (``chapters/ssm.ipynb``).
 
@@ -50,6 +52,12 @@ class MambaConfig:
     """``impl`` passed to :func:`lib.ssm.scan.selective_scan` (None: its default)."""
     dt_rank: int = 0
     """Rank of the delta projection (0: ``ceil(d_model / 16)``)."""
+    dt_min: float = 1e-3
+    """Smallest initial step size (S6: ``softplus(bias)`` is drawn log-uniform in ``[dt_min, dt_max]``)."""
+    dt_max: float = 0.1
+    """Largest initial step size."""
+    embed_std: float | None = None
+    """Standard deviation of the embedding's normal initialisation (None: torch's default, 1; Mamba uses 0.02)."""
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -58,6 +66,10 @@ class MambaConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+        if self.embed_std is not None and not self.embed_std > 0:
+            raise ValueError(f"embed_std must be positive or None, got {self.embed_std!r}")
         if self.dt_rank == 0:
             object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
 
@@ -83,8 +95,8 @@ class MambaBlock(nn.Module):
         if c.mixer == "s6":
             self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
             self.dt_proj = nn.Linear(R, E, bias=True)
-            # delta initialised log-uniform in [1e-3, 1e-1] through the bias (softplus^-1)
-            dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            # delta initialised log-uniform in [dt_min, dt_max] through the bias (softplus^-1)
+            dt = torch.exp(torch.rand(E) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
             with torch.no_grad():
                 self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
             self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
@@ -123,6 +135,8 @@ class MambaLM(nn.Module):
         super().__init__()
         self.config = c
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        if c.embed_std is not None:
+            nn.init.normal_(self.embed.weight, std=c.embed_std)
         self.norms = nn.ModuleList(nn.RMSNorm(c.d_model) for _ in range(c.n_layers))
         self.blocks = nn.ModuleList(MambaBlock(c) for _ in range(c.n_layers))
         self.norm_f = nn.RMSNorm(c.d_model)

@@ -1,7 +1,9 @@
 """The selective scan of Mamba (S6): a sequential reference, a fused loop with a hand-written backward, and
-two parallel scans (log-depth and chunked), all with the signature of ``mamba_ssm``'s ``selective_scan_ref``.
+two parallel scans (log-depth, and chunked in Mamba-2's segment-sum form), all with the signature of
+``mamba_ssm``'s ``selective_scan_ref``.
 
-Gu & Dao (2023), "Mamba", algorithm 2 and section 3.3; Blelloch (1990) for prefix sums. Chapter: "State space
+Gu & Dao (2023), "Mamba", algorithm 2 and section 3.3; Dao & Gu (2024), "Transformers are SSMs" (Mamba-2), the
+SSD chunked algorithm; Blelloch (1990) for prefix sums. Chapter: "State space
 models" (``chapters/ssm.ipynb``).
 
 The recurrence, for every batch element, channel ``d`` and state index ``n`` (ZOH for A, Euler for B, as in Mamba)::
@@ -256,7 +258,8 @@ def combine(left: tuple[torch.Tensor, torch.Tensor], right: tuple[torch.Tensor, 
 
 def logdepth_scan(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Inclusive scan of ``h[t] = a[t] h[t-1] + x[t]`` along dim 0 in ``ceil(log2 L)`` rounds (Hillis-Steele):
-    round ``k`` combines every element with the one ``2^k`` before it. Work ``O(L log L)``, depth ``O(log L)``."""
+    round ``k = 1, 2, ...`` combines every element with the one ``2^(k-1)`` before it. Work ``O(L log L)``,
+    depth ``O(log L)``."""
     L = x.shape[0]
     shift = 1
     while shift < L:
@@ -284,22 +287,42 @@ def selective_scan_logdepth(
     return (out, h[-1]) if return_last_state else out
 
 
-def chunked_scan(log_a: torch.Tensor, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Scan ``h[t] = exp(log_a[t]) h[t-1] + x[t]`` along dim 0, in chunks of ``chunk`` steps.
+def chunked_scan(log_a: torch.Tensor, x: torch.Tensor, chunk: int = 64, factored: bool = False) -> torch.Tensor:
+    """Scan ``h[t] = exp(log_a[t]) h[t-1] + x[t]`` along dim 0 (``h[-1] = 0``), in chunks of ``chunk`` steps.
 
-    Inside a chunk, with ``P[t] = sum_{s<=t} log_a[s]`` (a cumulative sum, parallel), the solution is
-    ``h[t] = exp(P[t]) * (h0 + sum_{s<=t} exp(-P[s]) x[s])`` (a second cumulative sum); the carry ``h0`` passes
-    from chunk to chunk sequentially (``L / chunk`` steps). ``exp(-P)`` overflows in float32 once ``-P`` exceeds
-    about 88, i.e. once a chunk's summed ``delta |A|`` does: keep chunks short where decay is fast.
+    Inside a chunk that starts from the carried state ``h0``, with ``P[t] = sum_{r<=t} log_a[r]`` (a cumulative
+    sum over the chunk, parallel)::
+
+        h[t] = exp(P[t]) h0 + sum_{s<=t} exp(P[t] - P[s]) x[s]
+
+    The default (``factored=False``) is the segment-sum form of Mamba-2's SSD algorithm (Dao & Gu, 2024, the
+    ``segsum`` of its minimal reference): the lower-triangular matrix of differences ``P[t] - P[s]`` (``s <= t``),
+    masked with ``-inf`` above the diagonal *before* the exponential, so that every factor ``exp(P[t] - P[s])``
+    and ``exp(P[t])`` is at most 1 when ``log_a <= 0``; work ``O(L * chunk)`` per element of the state; the carry
+    ``h0`` passes from chunk to chunk sequentially (``L / chunk`` steps).
+
+    ``factored=True`` is the *cumulative-sum-of-log-decay* form ``h[t] = exp(P[t]) (h0 + sum_{s<=t} exp(-P[s]) x[s])``
+    (two cumulative sums, ``O(L)`` work). It is kept only to show why it is not used: ``exp(-P)`` overflows in
+    float32 once a chunk's summed ``delta |A|`` passes about 88 (``ln`` of float32's largest value), which
+    Mamba-like step sizes reach within 64 steps.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be >= 1 (an int), got {chunk!r}")
+    if log_a.shape != x.shape:
+        raise ValueError(f"log_a must have the shape of x {tuple(x.shape)}, got {tuple(log_a.shape)}")
     L = x.shape[0]
     out = torch.empty_like(x)
     h0 = torch.zeros_like(x[0])
     for s in range(0, L, chunk):
-        P = torch.cumsum(log_a[s : s + chunk], dim=0)
-        h = torch.exp(P) * (h0 + torch.cumsum(torch.exp(-P) * x[s : s + chunk], dim=0))
+        P = torch.cumsum(log_a[s : s + chunk], dim=0)  # (c, ...)
+        if factored:
+            h = torch.exp(P) * (h0 + torch.cumsum(torch.exp(-P) * x[s : s + chunk], dim=0))
+        else:
+            c = P.shape[0]
+            seg = P[:, None] - P[None, :]  # (c, c, ...): seg[t, s] = P[t] - P[s] = sum_{s<r<=t} log_a[r]
+            above = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(1)  # s > t
+            seg = seg.masked_fill(above.view(c, c, *([1] * (x.dim() - 1))), float("-inf"))
+            h = torch.exp(P) * h0 + (torch.exp(seg) * x[s : s + chunk][None]).sum(1)  # (c, ...)
         out[s : s + chunk] = h
         h0 = h[-1]
     return out
@@ -308,7 +331,7 @@ def chunked_scan(log_a: torch.Tensor, x: torch.Tensor, chunk: int = 64) -> torch
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, chunk=64
 ):
-    """Selective scan through :func:`chunked_scan` (cumulative sums of log-decay inside chunks)."""
+    """Selective scan through :func:`chunked_scan` in its stable segment-sum form (Mamba-2's SSD chunking)."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     delta = _prepare_delta(delta, delta_bias, delta_softplus)

@@ -45,3 +45,17 @@ def test_errors():
     model = MambaLM(MambaConfig(vocab_size=4, d_model=8))
     with pytest.raises(ValueError, match="tokens must be a"):
         model(torch.zeros(2, 3))
+
+
+def test_delta_and_embedding_initialisation():
+    torch.manual_seed(0)
+    c = MambaConfig(vocab_size=5, d_model=64, d_state=4, dt_min=0.01, dt_max=0.5, embed_std=0.02)
+    model = MambaLM(c)
+    dt = torch.nn.functional.softplus(model.blocks[0].dt_proj.bias)  # the initial step sizes (inverse softplus)
+    assert dt.min() >= 0.01 * (1 - 1e-4) and dt.max() <= 0.5 * (1 + 1e-4) and dt.max() > 0.2 and dt.min() < 0.03
+    assert 0.01 < model.embed.weight.std() < 0.03
+    assert MambaLM(MambaConfig(vocab_size=5, d_model=64)).embed.weight.std() > 0.5  # default: torch's N(0, 1)
+    with pytest.raises(ValueError, match="dt_min <= dt_max"):
+        MambaConfig(vocab_size=4, dt_min=0.2, dt_max=0.1)
+    with pytest.raises(ValueError, match="embed_std must be positive"):
+        MambaConfig(vocab_size=4, embed_std=0.0)
