@@ -12,12 +12,13 @@ ToyConfig        sizes, steps and learning rates of one run
 exact NLL        ``-mean log p(x)`` over an independent test set: the change of variables for RealNVP, the ODE
                  likelihood (adaptive solver, exact divergence) for the CNF and flow matching
 reference level  the energy distance between two independent data sets of the sample size
+paired draw      teacher and student scored against one shared data set from one shared noise batch
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -83,14 +84,15 @@ class ToyConfig:
     """Batch size (RealNVP and CNF)."""
     fm_batch: int = 512
     """Batch size of flow matching (its regression target is noisy; a step costs far less than a CNF step)."""
-    flow_steps: int = 800
-    """RealNVP training steps."""
+    flow_steps: int = 3200
+    """RealNVP training steps (at 800 its test NLL on the moons was still falling: the chapter's length probe)."""
     fm_steps: int = 5000
     """Flow-matching training steps."""
-    cnf_steps: int = 100
+    cnf_steps: int = 200
     """CNF (FFJORD) training steps (each one backpropagates through an ODE solve)."""
-    cnf_solver_steps: int = 4
-    """RK4 steps of the CNF's training solve."""
+    cnf_solver_steps: int = 8
+    """RK4 steps of the CNF's training solve (with 4, longer training learns a field whose 4-step solve is a good
+    density but whose exact ODE is not: the chapter's probe)."""
     lr: float = 2e-3
     """Adam learning rate (cosine decay to 0)."""
     realnvp: RealNVPConfig = RealNVPConfig(dim=2, couplings=8, hidden=64, layers=2)
@@ -160,6 +162,11 @@ def flow_nll(model: NormalizingFlow, x: torch.Tensor) -> float:
         return float(-model.log_prob(x).mean())
 
 
+def _curve(hist) -> dict:
+    """The logged training loss (about 50 points) as ``{"steps": [...], "loss": [...]}``."""
+    return {"steps": list(hist.steps), "loss": [round(v, 5) for v in hist.metrics["loss"]]}
+
+
 def run_toy(c: ToyConfig, kinds: tuple[str, ...] = ("realnvp", "cnf", "fm")) -> dict:
     """Train each model kind on ``c.name`` and return test NLLs, training seconds and parameter counts next to
     the Gaussian fit's and the true density's NLL. The trained models are under ``"models"``."""
@@ -179,8 +186,34 @@ def run_toy(c: ToyConfig, kinds: tuple[str, ...] = ("realnvp", "cnf", "fm")) -> 
         else:
             raise ValueError(f"kinds must be among 'realnvp', 'cnf', 'fm', got {kind!r}")
         out[kind] = {"nll": nll, "train_seconds": seconds, "params": count_parameters(model),
-                     "final_loss": hist.last("loss", 5)}  # fmt: skip
+                     "final_loss": hist.last("loss", 5), "curve": _curve(hist)}  # fmt: skip
         out["models"][kind] = model
+    return out
+
+
+def length_probe(c: ToyConfig, kind: str, steps: tuple[int, ...], tight: bool = False) -> list[dict]:
+    """Test NLL of ``kind`` (``"realnvp"`` or ``"cnf"``) after each training length in ``steps`` (a fresh run per
+    length, each with its own cosine schedule); for the CNF also the NLL under its own training solver (RK4) and
+    (with ``tight``) under a 100x tighter adaptive solve: they separate under-training from evaluation error."""
+    train_x, test_x = _data(c)
+    out = []
+    for n in steps:
+        if kind == "realnvp":
+            model, hist = train_realnvp(replace(c, flow_steps=n), train_x)
+            row = {"nll": flow_nll(model, test_x)}
+        elif kind == "cnf":
+            model, hist = train_cnf(replace(c, cnf_steps=n), train_x)
+            nll, nfe = ode_nll(model, test_x)
+            with torch.no_grad():
+                rk4 = float(-cnf_log_prob(model.eval(), test_x, steps=c.cnf_solver_steps, method="rk4").logp.mean())
+            row = {"nll": nll, "nfe": nfe, "nll_train_solver": rk4, "solver_steps": c.cnf_solver_steps}
+            if tight:
+                row["nll_tight"], row["nfe_tight"] = ode_nll(model, test_x, rtol=1e-7, atol=1e-7)
+        else:
+            raise ValueError(f"kind must be 'realnvp' or 'cnf', got {kind!r}")
+        row.update(kind=kind, steps=n, train_seconds=hist.seconds, curve=_curve(hist))
+        out.append(row)
+        print({k: v for k, v in row.items() if k != "curve"}, flush=True)
     return out
 
 
@@ -223,6 +256,36 @@ def few_step_table(velocity, name: str, n: int, generator: torch.Generator,
     return {"energy": table, "reference": ref, "ode_nfe": sol.nfe, "straightness": straightness(velocity, eps[:1000])}
 
 
+def energy_noise(name: str, n: int, pairs: int, generator: torch.Generator) -> list[float]:
+    """Energy distances between ``pairs`` pairs of independent ``n``-point data sets of ``name``: the spread of the
+    score that a perfect sampler gets from one evaluation draw (the reference level is their mean)."""
+    if not isinstance(pairs, int) or pairs < 1:
+        raise ValueError(f"pairs must be a positive int, got {pairs!r}")
+    return [energy_distance(toy_sample(name, n, generator), toy_sample(name, n, generator)) for _ in range(pairs)]
+
+
+def paired_reflow_eval(teacher: torch.nn.Module, student: torch.nn.Module, name: str, n: int, draws: int,
+                       generator: torch.Generator) -> dict[str, list[float]]:  # fmt: skip
+    """Teacher and student scored on the *same* evaluation draw, ``draws`` times: per draw one fresh data set of
+    ``n`` points and one noise batch, and the energy distances to that data set of the teacher's adaptive solve
+    (``"teacher_ode"``), the student's one Euler step (``"student_1"``) and adaptive solve (``"student_ode"``), all
+    from the same noise, and of an independent data set (``"reference"``, a perfect sampler)."""
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
+    teacher.eval()
+    student.eval()
+    out: dict[str, list[float]] = {"teacher_ode": [], "student_1": [], "student_ode": [], "reference": []}
+    for _ in range(draws):
+        data = toy_sample(name, n, generator)
+        y_self = mean_pairwise_distance(data)
+        eps = torch.randn(n, 2, generator=generator)
+        out["teacher_ode"].append(energy_distance(ode_sample(teacher, eps).x0, data, y_self))
+        out["student_1"].append(energy_distance(euler_sample(student, eps, 1), data, y_self))
+        out["student_ode"].append(energy_distance(ode_sample(student, eps).x0, data, y_self))
+        out["reference"].append(energy_distance(toy_sample(name, n, generator), data, y_self))
+    return out
+
+
 def reflow(teacher: torch.nn.Module, name: str, rc: ReflowConfig) -> tuple[torch.nn.Module, dict]:
     """One reflow: pairs ``(ODE_teacher(eps), eps)``, then flow matching on those fixed pairs, starting from the
     teacher's weights. Returns ``(student, info)``."""
@@ -260,25 +323,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=["realnvp", "cnf", "fm"])
     p.add_argument("--reflow", nargs="*", default=["moons", "rings"], help="toys to reflow (seed 0's teacher)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flow-steps", type=int, default=ToyConfig.flow_steps, help="RealNVP training steps")
+    p.add_argument("--cnf-steps", type=int, default=ToyConfig.cnf_steps, help="CNF training steps")
+    p.add_argument("--fm-steps", type=int, default=ToyConfig.fm_steps, help="flow-matching training steps")
+    p.add_argument("--cnf-solver-steps", type=int, default=ToyConfig.cnf_solver_steps, help="RK4 steps (CNF)")
+    p.add_argument("--tight", action="store_true", help="probe: also evaluate the CNF at rtol = atol = 1e-7")
+    p.add_argument("--probe", nargs="+", type=int, help="a length probe of --kinds at these step counts instead")
+    p.add_argument("--reflow-steps", type=int, default=ReflowConfig.steps, help="reflow: student training steps")
+    p.add_argument("--reflow-pairs", type=int, default=ReflowConfig.pairs, help="reflow: teacher pairs")
+    p.add_argument("--reflow-draws", type=int, default=0, help="reflow: also score teacher and student on this many "
+                   "shared evaluation draws (paired_reflow_eval)")  # fmt: skip
+    p.add_argument("--noise", type=int, help="instead: energy distances of this many independent data-set pairs")
     p.add_argument("--out", default="results/flows/toys.json")
     args = p.parse_args(argv)
     seed_everything(0, threads=args.threads)
     command = "python -m lib.flows.toys " + " ".join(sys.argv[1:] if argv is None else argv)
-    config = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(ToyConfig()).items()}
+    base = ToyConfig(flow_steps=args.flow_steps, cnf_steps=args.cnf_steps, fm_steps=args.fm_steps,
+                     cnf_solver_steps=args.cnf_solver_steps)  # fmt: skip
+    config = {k: v for k, v in asdict(base).items() if k not in ("name", "seed")}
+    if args.noise:
+        rc = ReflowConfig()
+        g = torch.Generator().manual_seed(7000)
+        noise = {name: energy_noise(name, rc.n_eval, args.noise, g) for name in args.names}
+        save_results(args.out, {"config": {"n": rc.n_eval, "pairs": args.noise}, "noise": noise}, command=command)
+        return 0
+    if args.probe:
+        probes = []
+        for seed in args.seeds:
+            for name in args.names:
+                for kind in args.kinds:
+                    for n in args.probe:  # saved after every length
+                        (row,) = length_probe(replace(base, name=name, seed=seed), kind, (n,), args.tight)
+                        probes.append({"name": name, "seed": seed, **row})
+                        save_results(args.out, {"config": config, "probe": probes}, command=command)
+        return 0
     runs, reflows = [], {}
     order = [(s, n) for s in args.seeds for n in args.names]  # seed-major: every toy gets its first seed first
     for seed, name in order:
-        r = run_toy(ToyConfig(name=name, seed=seed), tuple(args.kinds))
+        r = run_toy(replace(base, name=name, seed=seed), tuple(args.kinds))
         models = r.pop("models")
         runs.append(r)
         print({k: (v["nll"] if isinstance(v, dict) else v) for k, v in r.items()}, flush=True)
         if seed == args.seeds[0] and name in args.reflow and "fm" in models:
-            rc = ReflowConfig(seed=seed)
+            rc = ReflowConfig(seed=seed, steps=args.reflow_steps, pairs=args.reflow_pairs)
             g = torch.Generator().manual_seed(5000 + seed)
             before = few_step_table(models["fm"], name, rc.n_eval, g)
             student, info = reflow(models["fm"], name, rc)
             after = few_step_table(student, name, rc.n_eval, g)
             reflows[name] = {"before": before, "after": after, **info, "config": asdict(rc)}
+            if args.reflow_draws:
+                g_pair = torch.Generator().manual_seed(6000 + seed)
+                reflows[name]["paired"] = paired_reflow_eval(models["fm"], student, name, rc.n_eval,
+                                                             args.reflow_draws, g_pair)  # fmt: skip
             print(name, "reflow", before, after, flush=True)
         # written after every run, so a long study can be inspected (and used) while it continues
         save_results(args.out, {"config": config, "runs": runs, "reflow": reflows}, command=command)

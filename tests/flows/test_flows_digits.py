@@ -5,7 +5,7 @@ import math
 import torch
 
 from lib.data.digits import load_digits
-from lib.flows.digits import DigitsFlowConfig, fm_bits_per_dim, glow_bits_per_dim, train_fm, train_glow
+from lib.flows.digits import DigitsFlowConfig, fm_bits_per_dim, glow_bits_per_dim, reflow_digits, train_fm, train_glow
 from lib.flows.model import GlowConfig
 from lib.nn.unet import MLPConfig
 
@@ -21,3 +21,6 @@ def test_digits_smoke():
     bpd_fm, nfe = fm_bits_per_dim(fm, x, g, divergence="hutchinson")
     assert math.isfinite(bpd) and math.isfinite(bpd_fm) and nfe > 0
     assert glow.sample(2, g).shape == (2, 1, 8, 8)
+    student, info = reflow_digits(fm, c, pairs=6, steps=2, generator=g)
+    assert info["pairs"] == 6 and student is not fm
+    assert not torch.equal(next(student.parameters()), next(fm.parameters()))  # trained from the teacher's weights

@@ -58,3 +58,62 @@ def test_smoke_run_and_reflow():
     assert set(table["energy"]) == {"1", "2", "ode"} and table["reference"] > 0
     with pytest.raises(ValueError, match="kinds"):
         run_toy(c, ("gan",))
+
+
+def test_length_probe_and_curves():
+    from lib.flows.toys import length_probe
+
+    c = ToyConfig(
+        n_train=256,
+        n_test=32,
+        batch=32,
+        cnf_solver_steps=1,
+        realnvp=RealNVPConfig(couplings=2, hidden=8),
+        velocity=MLPConfig(dim=2, hidden=8, depth=1, time_dim=8),
+    )
+    rows = length_probe(c, "realnvp", (2, 4))
+    assert [r["steps"] for r in rows] == [2, 4] and rows[1]["curve"]["steps"][-1] == 3
+    (cnf,) = length_probe(c, "cnf", (2,), tight=True)
+    assert {"nll", "nll_tight", "nll_train_solver"} <= set(cnf) and cnf["nfe_tight"] >= cnf["nfe"]
+    with pytest.raises(ValueError, match="kind"):
+        length_probe(c, "fm", (2,))
+    curve = run_toy(ToyConfig(**{**c.__dict__, "flow_steps": 3}), ("realnvp",))["realnvp"]["curve"]
+    assert curve["steps"] == [0, 1, 2] and len(curve["loss"]) == 3
+
+
+def test_energy_noise_is_the_perfect_sampler_spread():
+    from lib.flows.toys import energy_noise
+    from lib.metrics import mean_pairwise_distance
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.tensor(energy_noise("rings", 200, 40, g))
+    assert v.shape == (40,) and (v > 0).all() and v.std() > 0.2 * v.mean()  # positive, and noisy
+    scale = 2 * mean_pairwise_distance(toy_sample("rings", 2000, g)) / 200  # the V-statistic's bias, 2 E|X-X'| / n
+    assert 0.5 * scale < float(v.mean()) < 2 * scale
+    with pytest.raises(ValueError, match="pairs"):
+        energy_noise("rings", 10, 0, g)
+
+
+def test_paired_reflow_eval_scores_one_model_as_its_own_teacher():
+    from lib.flows.toys import paired_reflow_eval
+
+    c = ToyConfig(
+        n_train=256, n_test=32, batch=32, fm_steps=3, velocity=MLPConfig(dim=2, hidden=8, depth=1, time_dim=8)
+    )
+    model = run_toy(c, ("fm",))["models"]["fm"]
+    out = paired_reflow_eval(model, model, "moons", 64, 2, torch.Generator().manual_seed(0))
+    assert set(out) == {"teacher_ode", "student_1", "student_ode", "reference"}
+    assert all(len(v) == 2 for v in out.values())
+    assert out["teacher_ode"] == pytest.approx(out["student_ode"])  # same model, same draw: the same score
+    with pytest.raises(ValueError, match="draws"):
+        paired_reflow_eval(model, model, "moons", 64, 0, torch.Generator())
+
+
+def test_main_noise_and_reflow_options(tmp_path):
+    import json
+
+    from lib.flows.toys import main
+
+    out = tmp_path / "noise.json"
+    assert main(["--names", "moons", "--noise", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["results"]["noise"]["moons"]) == 2
