@@ -1,6 +1,8 @@
 """SD3 at toy scale, end to end: an MMDiT trained with rectified flow on the shapes latents, conditioned on the
 frozen CLIP-style text tower (its tokens as the text stream, its pooled ``<eos>`` state added to the adaLN vector),
-sampled by Euler on SD3's flow-matching grid with classifier-free guidance, decoded by the frozen autoencoder.
+sampled by Euler on SD3's flow-matching grid with classifier-free guidance, decoded by the frozen autoencoder (by
+default the shipped one with its fine-tuned decoder, :func:`lib.latent.train.shipped_autoencoder`: the encoder, hence
+the latent space the MMDiT is trained in, is the autoencoder's own).
 
 Chapter: "Stable Diffusion 3" (``chapters/sd3.ipynb``). The latent UNet of the latent-diffusion chapter
 (:mod:`lib.latent.pipeline`) sees the same latents, captions and text tower; here the network is
@@ -17,7 +19,8 @@ Peebles and Xie 2023 (DiT); Ho and Salimans 2022 (classifier-free guidance).
 
 Glossary
 --------
-z        ``(B, 4, 8, 8)`` scaled autoencoder latent (unit variance); ``x`` ``(B, 3, 32, 32)`` in [-1, 1]
+z        ``(B, C, 8, 8)`` scaled autoencoder latent (unit variance; ``C = 4`` for the shipped autoencoder, 8 or 16
+         in :mod:`lib.sd3.channels`); ``x`` ``(B, 3, 32, 32)`` in [-1, 1]
 context  ``(B, L, 64)`` frozen text-tower tokens, ``mask`` ``(B, L)`` True at real tokens
 pooled   ``(B, 64)`` the token state at ``<eos>`` (:meth:`lib.latent.clip.TextEncoder.pooled`)
 w        guidance weight (Ho and Salimans): ``v_hat = (1 + w) v(c) - w v(null)``; diffusers' scale is ``1 + w``
@@ -101,7 +104,7 @@ def text_condition(clip, captions: list[str]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Generation:
-    """Samples: ``images (B, 3, 32, 32)`` in [-1, 1], ``latents (B, 4, 8, 8)``, network evaluations ``nfe``."""
+    """Samples: ``images (B, 3, 32, 32)`` in [-1, 1], ``latents (B, C, 8, 8)``, network evaluations ``nfe``."""
 
     images: torch.Tensor
     latents: torch.Tensor
@@ -117,6 +120,9 @@ class SD3Pipeline:
             raise TypeError(f"model must be an MMDiT with a text stream, got {type(model).__name__}")
         if not callable(getattr(clip, "context", None)):
             raise TypeError(f"clip must be a lib.latent.clip.TrainedCLIP, got {type(clip).__name__}")
+        C = getattr(getattr(autoencoder, "config", None), "latent_channels", None)
+        if C != model.config.in_channels:
+            raise ValueError(f"the MMDiT denoises {model.config.in_channels} latent channels, the autoencoder has {C}")
         self.model, self.autoencoder, self.clip = model.eval(), autoencoder.eval(), clip
         self.shift = check_scale("shift", shift)
         self.schedule = formulation("rf/lognorm").schedule
@@ -143,16 +149,10 @@ class SD3Pipeline:
 
 
 def _frozen_parts(autoencoder=None, clip=None):
-    from lib.latent.autoencoder import load_autoencoder
-    from lib.latent.clip import load_clip
-    from lib.latent.train import AUTOENCODER, CLIPS
+    """The latent chapter's frozen parts with the plain text tower (:func:`lib.latent.train.frozen_parts`)."""
+    from lib.latent.train import frozen_parts
 
-    shas = {"autoencoder_sha256": None, "clip_sha256": None}
-    if autoencoder is None:
-        autoencoder, shas["autoencoder_sha256"] = load_autoencoder(AUTOENCODER).model, sha256(AUTOENCODER)
-    if clip is None:
-        clip, shas["clip_sha256"] = load_clip(CLIPS["clip"]), sha256(CLIPS["clip"])
-    return autoencoder.eval().requires_grad_(False), clip, shas
+    return frozen_parts("clip", autoencoder, clip)
 
 
 def train_mmdit(config: SD3TrainConfig = SD3TrainConfig(), autoencoder=None, clip=None):  # noqa: B008
@@ -240,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
 
         pipes["unet_clip"] = load_unet(conditioning="clip")
     samplers = {"mmdit": "Euler on flow_match_grid(steps, shift=1)", "unet_clip": "DDIM on SD's leading grid"}
+    from lib.latent.decoder_ft import FT_DECODER
+
     res: dict = {"sizes": sizes, "seeds": args["seeds"], "ws": args["ws"], "steps": args["eval_steps"],
-                 "sampler": samplers}  # fmt: skip
+                 "sampler": samplers, "decoder": {"file": FT_DECODER.name, "sha256": sha256(FT_DECODER)}}  # fmt: skip
     for name, pipe in pipes.items():
         res[name] = {str(k): run(pipe, args["ws"], args["seeds"], sizes, steps=k) for k in args["eval_steps"]}
     path = save_results(out or RESULTS / "mmdit.json", res, command)
