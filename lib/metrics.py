@@ -5,7 +5,8 @@ Inception).
 Chapter: "Diffusion as stochastic differential equations" (reused by the guidance, latent diffusion,
 ControlNet and SD3 chapters).
 
-References: Szekely and Rizzo, "Energy statistics", 2013; Rabin, Peyre, Delon and Bernot, "Wasserstein
+References: Wilson, "Probable inference, the law of succession, and statistical inference", 1927;
+Szekely and Rizzo, "Energy statistics", 2013; Rabin, Peyre, Delon and Bernot, "Wasserstein
 barycenter and its application to texture mixing", 2011 (sliced Wasserstein); Heusel et al., "GANs trained by
 a two time-scale update rule converge to a local Nash equilibrium", 2017 (FID); Dowson and Landau 1982
 (Frechet distance between Gaussians).
@@ -16,6 +17,7 @@ energy distance     ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (squared form, V-stat
 sliced W2           ``sqrt(E_theta W2^2(theta^T X, theta^T Y))`` over random unit directions theta
 Frechet distance    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^{1/2} C_b C_a^{1/2})^{1/2})`` of Gaussian fits
 DigitsClassifier    small CNN trained on the digits train split; its penultimate layer gives the features
+Wilson interval     confidence interval of a binomial proportion ``k / n`` (used for rates of judged samples)
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
     if not torch.is_tensor(x) or x.dim() != 2:
         raise ValueError(f"x must be a tensor of shape (n, d), got {getattr(x, 'shape', type(x))}")
     return 2 * float(torch.nn.functional.pdist(x.double()).sum()) / x.shape[0] ** 2
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval ``(lo, hi)`` of a binomial proportion with ``k`` successes in ``n`` trials (``z = 1.96``:
+    95%). Unlike ``k / n +- z se`` it stays inside [0, 1] and is not empty at ``k = 0`` or ``k = n``."""
+    if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n and n > 0):
+        raise ValueError(f"need integers 0 <= k <= n and n > 0, got k={k!r}, n={n!r}")
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z!r}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor, y_self: float | None = None) -> float:

@@ -14,6 +14,7 @@ from lib.metrics import (
     mean_pairwise_distance,
     sliced_wasserstein,
     train_digits_classifier,
+    wilson_interval,
 )
 
 
@@ -71,3 +72,21 @@ def test_gaussian_fit_samples_reproduce_mean_and_covariance():
         gaussian_fit_samples(torch.zeros(1, 2), 3)
     with pytest.raises(ValueError, match="n must"):
         gaussian_fit_samples(x, 0)
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (71, 134), (600, 600)])
+def test_wilson_interval_matches_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_interval(k, n, z=1.959963984540054)
+    assert abs(lo - ref.low) < 1e-9 and abs(hi - ref.high) < 1e-9
+    assert lo <= k / n <= hi
+
+
+def test_wilson_interval_errors():
+    for k, n in ((5, 3), (-1, 3), (1, 0), (1.0, 3)):
+        with pytest.raises(ValueError, match="k="):
+            wilson_interval(k, n)
+    with pytest.raises(ValueError, match="z must"):
+        wilson_interval(1, 3, z=0.0)

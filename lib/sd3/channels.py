@@ -42,7 +42,7 @@ CHANNELS = (4, 8, 16)
 """Latent channel counts of the study (Stable Diffusion: 4; SD3: 16)."""
 AE_STEPS = 2500
 """The shipped 4-channel autoencoder's training steps (``weights/shapes_autoencoder.json``)."""
-MMDIT = SD3TrainConfig(steps=2000, lr=0.002)
+MMDIT = SD3TrainConfig(steps=1500, lr=0.002)
 """The one MMDiT configuration trained on every ``C`` (the shipped MMDiT's, with its own step count)."""
 WORKDIR = Path(__file__).resolve().parents[2] / "results" / "tmp" / "sd3_channels"
 """MMDiT checkpoints and per-``C`` results (git-ignored); the merged table goes to ``results/sd3/channels.json``."""

@@ -13,6 +13,8 @@ Chapter: "Stable Diffusion 3" (``chapters/sd3.ipynb``). The latent UNet of the l
 
     python -m lib.sd3.pipeline train      # -> weights/shapes_mmdit.safetensors (+ .json)
     python -m lib.sd3.pipeline evaluate   # -> results/sd3/mmdit.json (judge at 5, 10, 25 Euler steps, 3 seeds)
+    python -m lib.sd3.pipeline evaluate --unet clip_4500 --no-mmdit --out results/sd3/unet_clip_4500.json
+                                          # a latent UNet alone (weights/shapes_ldm_clip_4500), same protocol
 
 References: Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis", 2024;
 Peebles and Xie 2023 (DiT); Ho and Salimans 2022 (classifier-free guidance).
@@ -217,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-steps", type=int, nargs="+", default=[5, 10, 25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=200, help="captions per set (one- and two-object)")
-    parser.add_argument("--unet", action="store_true", help="also the latent UNet (clip) at the same w, DDIM steps")
+    parser.add_argument("--unet", nargs="*", default=None, metavar="NAME",
+                        help="also latent UNets weights/shapes_ldm_<NAME> (clip conditioning; no NAME: clip) at the "
+                        "same w, DDIM steps")  # fmt: skip
+    parser.add_argument("--no-mmdit", action="store_true", help="evaluate only the UNets given by --unet")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the MMDiT to evaluate")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     args = vars(parser.parse_args(argv))
     what, out, threads, ckpt = args.pop("what"), args.pop("out"), args.pop("threads"), args.pop("checkpoint")
+    unets, no_mmdit = args.pop("unet"), args.pop("no_mmdit")
+    if no_mmdit and not unets:
+        parser.error("--no-mmdit needs at least one --unet NAME")
     command = "python -m lib.sd3.pipeline " + " ".join(sys.argv[1:] if argv is None else argv)
     seed_everything(0, threads=threads)
     if what == "train":
@@ -234,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     from lib.latent.study import run
 
     sizes = {"one": args["n"], "two": args["n"]}
-    pipes = {"mmdit": load_pipeline(ckpt)}
-    if args["unet"]:
-        from lib.latent.train import load_pipeline as load_unet
+    pipes, samplers = {}, {}
+    if not no_mmdit:
+        pipes["mmdit"], samplers["mmdit"] = load_pipeline(ckpt), "Euler on flow_match_grid(steps, shift=1)"
+    from lib.latent.train import load_pipeline as load_unet
 
-        pipes["unet_clip"] = load_unet(conditioning="clip")
-    samplers = {"mmdit": "Euler on flow_match_grid(steps, shift=1)", "unet_clip": "DDIM on SD's leading grid"}
+    for name in [] if unets is None else unets or ["clip"]:
+        unet = load_unet(WEIGHTS_DIR / f"shapes_ldm_{name}.safetensors")
+        if unet.config.conditioning != "clip":
+            parser.error(f"--unet {name}: the UNet must read the clip text tower, got {unet.config.conditioning!r}")
+        pipes[f"unet_{name}"], samplers[f"unet_{name}"] = unet, "DDIM on SD's leading grid"
     from lib.latent.decoder_ft import FT_DECODER
 
     res: dict = {"sizes": sizes, "seeds": args["seeds"], "ws": args["ws"], "steps": args["eval_steps"],

@@ -76,3 +76,7 @@ def test_errors(tmp_path):
         pipe.generate(CAPTIONS, w="2", steps=2)
     with pytest.raises(SystemExit):
         main(["sample"])
+    with pytest.raises(SystemExit):  # --no-mmdit with nothing else to evaluate
+        main(["evaluate", "--no-mmdit"])
+    with pytest.raises(SystemExit):  # a UNet that does not read the clip text tower
+        main(["evaluate", "--unet", "grouped", "--no-mmdit", "--n", "1", "--out", str(tmp_path / "x.json")])
