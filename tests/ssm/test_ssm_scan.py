@@ -161,6 +161,14 @@ def test_chunked_scan_finite_and_exact_at_benchmark_scales():
     assert float((-log_a[:64].sum(0)).max()) > 88  # one chunk's summed decay passes float32's limit
     assert not torch.isfinite(chunked_scan(log_a, x, 64, factored=True)).all()
     bench.check_output(r, torch.device("cpu"))  # what the benchmark asserts before timing
+    leaves = [x.clone().requires_grad_() for x in (u, delta, A, B, C)]  # and the backward at the same scale
+    grads = {
+        impl: torch.autograd.grad(selective_scan(*leaves, **kw, impl=impl).sum(), leaves)
+        for impl in ("chunked", "loop")
+    }
+    for g, want in zip(grads["chunked"], grads["loop"], strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, want, rtol=1e-3, atol=1e-3)
 
 
 def test_input_errors_name_the_argument():
