@@ -10,6 +10,12 @@ writes ``weights/flows_digits_glow.safetensors``, ``weights/flows_digits_fm.safe
 the flow-matching model, ``weights/flows_digits_fm_reflow.safetensors`` (with provenance sidecars), and
 ``results/flows/digits.json`` (bits/dim, Frechet distances, the few-step table before and after the reflow).
 
+    python -m lib.flows.digits --diffusion-bpd
+
+instead writes ``results/flows/diffusion_bpd.json``: the test bits/dim of the diffusion chapter's shipped digits
+model (``weights/digits_vp_mlp.safetensors``) through the core's PF-ODE likelihood, on the same 450 test images and
+with the same solver tolerances as flow matching's figure, so the two chapters' models can be set side by side.
+
 Glossary
 --------
 w            bin width of the pixel grid: 17 grey levels on [-1, 1], ``w = 1/8``
@@ -158,6 +164,53 @@ def reflow_digits(teacher: torch.nn.Module, c: DigitsFlowConfig, pairs: int, ste
     return student, {"pairs": pairs, "steps": steps, "pair_seconds": pair_seconds, "train_seconds": hist.seconds}
 
 
+DIFFUSION_T_MIN_GRID = (1e-3, 1e-2)
+"""Candidate ``t_min`` of the diffusion model's PF-ODE likelihood: the diffusion chapter's grid."""
+
+
+def diffusion_bits_per_dim(model: torch.nn.Module, sde, x: torch.Tensor, t_min: float, generator: torch.Generator,
+                           divergence: str = "exact") -> tuple[float, int]:  # fmt: skip
+    """Test bits/dim of an eps-predicting diffusion model on dequantised ``x`` through its PF-ODE likelihood
+    (``lib.diffusion.likelihood.pf_ode_likelihood``, float64, dopri5 at the tolerances of :func:`fm_bits_per_dim`),
+    the density being that of ``x_{t_min}``; returns ``(bits/dim, nfe)``."""
+    import copy
+
+    from lib.diffusion.likelihood import pf_ode_likelihood
+    from lib.diffusion.predictions import Denoiser
+
+    den = Denoiser(copy.deepcopy(model).double().eval(), "eps")
+    y = uniform_dequantize(x.double(), BIN_WIDTH, generator)
+    with torch.no_grad():
+        res = pf_ode_likelihood(den, sde, y, t_min=t_min, divergence=divergence, rtol=1e-4, atol=1e-4,
+                                generator=generator)  # fmt: skip
+    return float(bits_per_dim(res.logp, D, BIN_WIDTH).mean()), int(res.nfe)
+
+
+def diffusion_bpd_study(select: int = 100, draws: int = 5, seed: int = 0, n_test: int | None = None) -> dict:
+    """The diffusion chapter's protocol on the flows chapter's test set: ``t_min`` chosen from
+    :data:`DIFFUSION_T_MIN_GRID` on ``select`` training images (exact divergence), then the test bits/dim with the
+    exact divergence (one dequantisation draw) and with one Hutchinson probe over ``draws`` dequantisation draws
+    (their spread). ``n_test`` limits the test images (default: all 450)."""
+    from lib.diffusion.train_digits import DEFAULT_CHECKPOINT, load_digits_diffusion
+
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
+    trained = load_digits_diffusion()
+    sde = trained.config.sde
+    g = torch.Generator().manual_seed(300 + seed)
+    train_x, test_x = load_digits("train").x, load_digits("test").x[:n_test]
+    x_select = train_x[torch.randperm(len(train_x), generator=g)[:select]]
+    t0 = time.perf_counter()
+    selection = {str(t): diffusion_bits_per_dim(trained.model, sde, x_select, t, g)[0] for t in DIFFUSION_T_MIN_GRID}
+    t_min = min(DIFFUSION_T_MIN_GRID, key=lambda t: selection[str(t)])
+    exact, nfe = diffusion_bits_per_dim(trained.model, sde, test_x, t_min, g)
+    hutch = [diffusion_bits_per_dim(trained.model, sde, test_x, t_min, g, "hutchinson")[0] for _ in range(draws)]
+    return {"checkpoint": DEFAULT_CHECKPOINT.name, "checkpoint_command": trained.metadata["provenance"]["command"],
+            "selection_images": select, "selection_bits_per_dim": selection, "t_min": t_min, "test_images": len(test_x),
+            "bits_per_dim": exact, "nfe": nfe, "divergence": "exact", "rtol": 1e-4, "atol": 1e-4,
+            "hutchinson_draws": hutch, "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
 def load_digits_flows(reflowed: bool = False) -> tuple[NormalizingFlow, TimeMLP, dict]:
     """The shipped checkpoints (sha256 verified): ``(glow, fm, metadata of the flow's checkpoint)``; with
     ``reflowed``, ``fm`` is the reflowed student."""
@@ -187,9 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reflow-steps", type=int, default=1500, help="training steps of the reflowed student")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="results/flows/digits.json")
+    p.add_argument(
+        "--diffusion-bpd",
+        action="store_true",
+        help="instead: test bits/dim of the diffusion chapter's digits checkpoint (PF-ODE likelihood)",
+    )
+    p.add_argument("--out", help="results file (default results/flows/digits.json, or diffusion_bpd.json)")
     args = p.parse_args(argv)
     seed_everything(args.seed, threads=args.threads)
+    if args.diffusion_bpd:
+        command = "python -m lib.flows.digits " + " ".join(sys.argv[1:] if argv is None else argv)
+        res = diffusion_bpd_study(seed=args.seed)
+        save_results(args.out or "results/flows/diffusion_bpd.json", res, command=command)
+        print(res)
+        return 0
+    args.out = args.out or "results/flows/digits.json"
     c = DigitsFlowConfig(glow_steps=args.glow_steps, fm_steps=args.fm_steps, seed=args.seed)
     command = "python -m lib.flows.digits " + " ".join(sys.argv[1:] if argv is None else argv)
     cfg = dataclasses.asdict(c)

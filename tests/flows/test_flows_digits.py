@@ -2,10 +2,20 @@
 
 import math
 
+import pytest
 import torch
 
 from lib.data.digits import load_digits
-from lib.flows.digits import DigitsFlowConfig, fm_bits_per_dim, glow_bits_per_dim, reflow_digits, train_fm, train_glow
+from lib.flows.digits import (
+    DIFFUSION_T_MIN_GRID,
+    DigitsFlowConfig,
+    diffusion_bpd_study,
+    fm_bits_per_dim,
+    glow_bits_per_dim,
+    reflow_digits,
+    train_fm,
+    train_glow,
+)
 from lib.flows.model import GlowConfig
 from lib.nn.unet import MLPConfig
 
@@ -24,3 +34,15 @@ def test_digits_smoke():
     student, info = reflow_digits(fm, c, pairs=6, steps=2, generator=g)
     assert info["pairs"] == 6 and student is not fm
     assert not torch.equal(next(student.parameters()), next(fm.parameters()))  # trained from the teacher's weights
+
+
+def test_diffusion_bpd_smoke():
+    res = diffusion_bpd_study(select=3, draws=1, n_test=3)
+    assert res["t_min"] in DIFFUSION_T_MIN_GRID and res["test_images"] == 3 and res["nfe"] > 0
+    assert math.isfinite(res["bits_per_dim"]) and len(res["hutchinson_draws"]) == 1
+    assert set(res["selection_bits_per_dim"]) == {str(t) for t in DIFFUSION_T_MIN_GRID}
+
+
+def test_diffusion_bpd_rejects_bad_draws():
+    with pytest.raises(ValueError, match="draws"):
+        diffusion_bpd_study(draws=0)
