@@ -19,12 +19,17 @@ judge (:func:`lib.latent.study.run`) on the same captions.
     python -m lib.sd3.channels mmdit --channels 8       # train + judge one C -> <workdir>/channels_c8.json
     python -m lib.sd3.channels merge                    # -> results/sd3/channels.json
 
+``--shift-ablation`` also samples every ``C > 4`` on SD3's grid shifted by ``alpha = sqrt(C / 4)``
+(:func:`lib.diffusion.rectified.resolution_shift` with the latent's element count in place of the pixel count): if a
+larger latent fails because the unchanged grid leaves it at too little noise, the shifted grid recovers accuracy.
+
 Glossary
 --------
 C         latent channels; latents ``(B, C, 8, 8)``, scaled by the autoencoder's ``scale_factor`` (unit variance)
 PSNR      ``lib.latent.autoencoder.psnr`` of test reconstructions (1000 images, seed 1, posterior mean)
 joint     the judge's one-object joint accuracy (shape, colour, size, row, column all right)
 binding   the judge's two-object binding accuracy
+alpha     sampling-grid shift of the ablation, ``sqrt(C / 4)``: 1 for ``C = 4``, ``sqrt(2)`` for 8, 2 for 16
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import sys
 from pathlib import Path
 
 from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, sha256
+from lib.diffusion.rectified import resolution_shift
 from lib.sd3.pipeline import RESULTS, SD3Pipeline, SD3TrainConfig, save_mmdit, train_mmdit
 
 CHANNELS = (4, 8, 16)
@@ -90,12 +96,14 @@ def train_channel_autoencoder(latent_channels: int, path: str | Path, command: s
 
 
 def run_channel(ae_path: str | Path, latent_channels: int, config: SD3TrainConfig, checkpoint: str | Path,
-                command: str, *, w: float = 2.0, seeds: tuple[int, ...] = (0, 1), n: int = 200,
-                eval_steps: int = 25, n_psnr: int = 1000, clip=None, judge=None) -> dict:  # fmt: skip
+                command: str, *, w: float = 2.0, seeds: tuple[int, ...] = (0, 1, 2), n: int = 200,
+                eval_steps: int = 25, n_psnr: int = 1000, shift_ablation: bool = False, clip=None,
+                judge=None) -> dict:  # fmt: skip
     """Train the MMDiT of ``config`` on the latents of the autoencoder at ``ae_path`` (``latent_channels``
     channels), save it to ``checkpoint``, and measure: the autoencoder's test PSNR and the judge on its
     reconstructions (the ceiling of generation), the MMDiT's training loss and time, and the judge's rates on
-    ``n`` one- and ``n`` two-object captions, one sample per caption and seed at ``eval_steps`` Euler steps."""
+    ``n`` one- and ``n`` two-object captions, one sample per caption and seed at ``eval_steps`` Euler steps; with
+    ``shift_ablation`` and ``C > 4``, the same again on the grid shifted by ``alpha = sqrt(C / 4)``."""
     from lib.latent.autoencoder import evaluate_autoencoder
     from lib.latent.study import run
 
@@ -114,6 +122,13 @@ def run_channel(ae_path: str | Path, latent_channels: int, config: SD3TrainConfi
     pipe.metadata = meta
     sizes = {"one": n, "two": n}
     judged = run(pipe, [float(w)], list(seeds), sizes, steps=eval_steps, judge=judge)
+    shifted = None
+    if shift_ablation and latent_channels > 4:
+        pipe.shift = resolution_shift(latent_channels, 4)
+        shifted = {
+            "shift": pipe.shift,
+            "judge": run(pipe, [float(w)], list(seeds), sizes, steps=eval_steps, judge=judge),
+        }
     return {
         "latent_channels": latent_channels,
         "autoencoder": {
@@ -140,6 +155,8 @@ def run_channel(ae_path: str | Path, latent_channels: int, config: SD3TrainConfi
             "steps": eval_steps,
             "sampler": "Euler on flow_match_grid(steps, shift=1)",
             "judge": judged,
+            "shift_ablation": bool(shift_ablation),
+            "shifted": shifted,
         },
     }
 
@@ -152,7 +169,8 @@ def merge(parts: dict[int, dict]) -> dict:
         raise ValueError("parts is empty: run `python -m lib.sd3.channels mmdit --channels C` first")
     ref = next(iter(parts.values()))
     same = {"the MMDiT config": lambda p: p["mmdit"]["config"],
-            "the evaluation": lambda p: {k: p["evaluation"][k] for k in ("w", "seeds", "sizes", "steps")}}  # fmt: skip
+            "the evaluation": lambda p: {k: p["evaluation"].get(k) for k in ("w", "seeds", "sizes", "steps",
+                                                                               "shift_ablation")}}  # fmt: skip
     for C, part in parts.items():
         if part["latent_channels"] != C:
             raise ValueError(f"part for C={C} holds latent_channels={part['latent_channels']}")
@@ -169,13 +187,20 @@ def merge(parts: dict[int, dict]) -> dict:
                "judge_reconstructions_joint": (ae.get("judge_reconstructions_test") or {}).get("joint"),
                "mmdit_final_loss": mm["final_loss_mean_last_10"], "mmdit_train_seconds": mm["train_seconds"],
                "mmdit_n_parameters": mm["n_parameters"]}  # fmt: skip
-        for g, key in (("one", "joint"), ("one", "shape"), ("one", "colour"), ("two", "binding"), ("two", "count")):
-            vals = [seeds[s][g][key] for s in seeds]
-            row[f"{g}_{key}"] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
-                                 else 0.0, "values": vals}  # fmt: skip
+        shifted = ev.get("shifted")
+        for tag, judged in (("", seeds), ("shifted_", shifted and shifted["judge"]["w"][str(float(ev["w"]))]["seeds"])):
+            if not judged:
+                continue
+            for g, key in (("one", "joint"), ("one", "shape"), ("one", "colour"), ("two", "binding"), ("two", "count")):
+                vals = [judged[s][g][key] for s in judged]
+                row[f"{tag}{g}_{key}"] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
+                                          else 0.0, "values": vals}  # fmt: skip
+        if shifted:
+            row["shift"] = shifted["shift"]
         rows.append(row)
     return {"channels": sorted(parts), "mmdit_config": ref["mmdit"]["config"],
-            "evaluation": {k: ref["evaluation"][k] for k in ("w", "seeds", "sizes", "steps", "sampler")},
+            "evaluation": {k: ref["evaluation"].get(k) for k in ("w", "seeds", "sizes", "steps", "sampler",
+                                                                 "shift_ablation")},
             "table": rows, "runs": {str(C): parts[C] for C in sorted(parts)}}  # fmt: skip
 
 
@@ -190,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=MMDIT.lr)
     parser.add_argument("--seed", type=int, default=MMDIT.seed)
     parser.add_argument("--w", type=float, default=2.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
+    parser.add_argument(
+        "--shift-ablation", action="store_true", help="also sample C > 4 on the grid shifted by sqrt(C/4)"
+    )
     parser.add_argument("--n", type=int, default=200, help="captions per set (one- and two-object)")
     parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--ae-dir", type=Path, default=WEIGHTS_DIR)
@@ -217,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "mmdit" or not part(C).exists():
             res = run_channel(autoencoder_path(C, args.ae_dir), C, config,
                               args.workdir / f"shapes_mmdit_c{C}.safetensors", command, w=args.w,
-                              seeds=tuple(args.seeds), n=args.n, eval_steps=args.eval_steps)  # fmt: skip
+                              seeds=tuple(args.seeds), n=args.n, eval_steps=args.eval_steps,
+                              shift_ablation=args.shift_ablation)  # fmt: skip
             save_results(part(C), res, command)
             print(f"C={C}: {part(C)}", flush=True)
     if args.what in ("run", "merge"):

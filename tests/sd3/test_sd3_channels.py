@@ -92,7 +92,7 @@ def test_run_channel_end_to_end_and_merge(tmp_path):
     for C in (4, 8):
         ae = train_channel_autoencoder(C, tmp_path / f"ae{C}.safetensors", "test", steps=2, n_eval=4, **TINY_AE)
         parts[C] = run_channel(ae, C, _tiny_mmdit(), tmp_path / f"mm{C}.safetensors", "test", seeds=(0, 1), n=3,
-                               eval_steps=2, n_psnr=4, clip=clip, judge=judge)  # fmt: skip
+                               eval_steps=2, n_psnr=4, shift_ablation=True, clip=clip, judge=judge)  # fmt: skip
         assert parts[C]["mmdit"]["model"]["in_channels"] == C and parts[C]["autoencoder"]["config"]["steps"] == 2
     table = merge(parts)["table"]
     assert [r["latent_channels"] for r in table] == [4, 8]
@@ -101,12 +101,21 @@ def test_run_channel_end_to_end_and_merge(tmp_path):
         vals = [seeds[s]["one"]["joint"] for s in ("0", "1")]
         assert r["one_joint"]["values"] == vals and r["one_joint"]["mean"] == pytest.approx(sum(vals) / 2)
         assert r["psnr_test"] == parts[r["latent_channels"]]["autoencoder"]["psnr_test"]
+    assert parts[4]["evaluation"]["shifted"] is None and "shifted_one_joint" not in table[0]  # alpha = 1: no rerun
+    shifted = parts[8]["evaluation"]["shifted"]
+    assert shifted["shift"] == pytest.approx(2**0.5) and table[1]["shift"] == shifted["shift"]
+    vals = [shifted["judge"]["w"]["2.0"]["seeds"][s]["one"]["joint"] for s in ("0", "1")]
+    assert table[1]["shifted_one_joint"]["values"] == vals
     unfair = copy.deepcopy(parts)
     unfair[8]["mmdit"]["config"]["steps"] += 1
     with pytest.raises(ValueError, match="MMDiT config"):
         merge(unfair)
     unfair = copy.deepcopy(parts)
     unfair[8]["evaluation"]["seeds"] = [0]
+    with pytest.raises(ValueError, match="evaluation"):
+        merge(unfair)
+    unfair = copy.deepcopy(parts)
+    unfair[8]["evaluation"]["shift_ablation"] = False
     with pytest.raises(ValueError, match="evaluation"):
         merge(unfair)
     with pytest.raises(ValueError, match="latent_channels=8"):
