@@ -44,6 +44,8 @@ from lib.utils import seed_everything
 BIN_WIDTH = 1.0 / 8.0
 """Pixel grid spacing of ``lib.data.digits`` (0..16 mapped to [-1, 1])."""
 D = 64
+LIKELIHOOD_TOL = 1e-4
+"""Relative and absolute tolerance of the dopri5 likelihood solves (flow matching's and the diffusion model's)."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,8 @@ def glow_bits_per_dim(model: NormalizingFlow, x: torch.Tensor, generator: torch.
 def fm_bits_per_dim(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator,
                     divergence: str = "exact") -> tuple[float, int]:  # fmt: skip
     """Test bits/dim of flow matching through the ODE likelihood on dequantised ``x``; ``(bits/dim, nfe)``."""
-    res = velocity_log_prob(model, uniform_dequantize(x, BIN_WIDTH, generator), rtol=1e-4, atol=1e-4,
-                            divergence=divergence, generator=generator)  # fmt: skip
+    res = velocity_log_prob(model, uniform_dequantize(x, BIN_WIDTH, generator), rtol=LIKELIHOOD_TOL,
+                            atol=LIKELIHOOD_TOL, divergence=divergence, generator=generator)  # fmt: skip
     return float(bits_per_dim(res.logp, D, BIN_WIDTH).mean()), int(res.nfe)
 
 
@@ -181,8 +183,8 @@ def diffusion_bits_per_dim(model: torch.nn.Module, sde, x: torch.Tensor, t_min: 
     den = Denoiser(copy.deepcopy(model).double().eval(), "eps")
     y = uniform_dequantize(x.double(), BIN_WIDTH, generator)
     with torch.no_grad():
-        res = pf_ode_likelihood(den, sde, y, t_min=t_min, divergence=divergence, rtol=1e-4, atol=1e-4,
-                                generator=generator)  # fmt: skip
+        res = pf_ode_likelihood(den, sde, y, t_min=t_min, divergence=divergence, rtol=LIKELIHOOD_TOL,
+                                atol=LIKELIHOOD_TOL, generator=generator)  # fmt: skip
     return float(bits_per_dim(res.logp, D, BIN_WIDTH).mean()), int(res.nfe)
 
 
@@ -207,7 +209,7 @@ def diffusion_bpd_study(select: int = 100, draws: int = 5, seed: int = 0, n_test
     hutch = [diffusion_bits_per_dim(trained.model, sde, test_x, t_min, g, "hutchinson")[0] for _ in range(draws)]
     return {"checkpoint": DEFAULT_CHECKPOINT.name, "checkpoint_command": trained.metadata["provenance"]["command"],
             "selection_images": select, "selection_bits_per_dim": selection, "t_min": t_min, "test_images": len(test_x),
-            "bits_per_dim": exact, "nfe": nfe, "divergence": "exact", "rtol": 1e-4, "atol": 1e-4,
+            "bits_per_dim": exact, "nfe": nfe, "divergence": "exact", "rtol": LIKELIHOOD_TOL, "atol": LIKELIHOOD_TOL,
             "hutchinson_draws": hutch, "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
