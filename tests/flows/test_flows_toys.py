@@ -38,18 +38,15 @@ def test_toy_data_and_densities():
         toy_log_prob("spiral", torch.zeros(1, 2))
 
 
+def _tiny(**overrides) -> ToyConfig:
+    """A toy study small enough for a unit test (tiny networks, one solver step)."""
+    base = dict(n_train=256, n_test=64, batch=32, cnf_solver_steps=1, realnvp=RealNVPConfig(couplings=2, hidden=8),
+                velocity=MLPConfig(dim=2, hidden=8, depth=1, time_dim=8))  # fmt: skip
+    return ToyConfig(**{**base, **overrides})
+
+
 def test_smoke_run_and_reflow():
-    c = ToyConfig(
-        n_train=256,
-        n_test=64,
-        batch=32,
-        flow_steps=3,
-        fm_steps=3,
-        cnf_steps=2,
-        cnf_solver_steps=1,
-        realnvp=RealNVPConfig(couplings=2, hidden=8),
-        velocity=MLPConfig(dim=2, hidden=8, depth=1, time_dim=8),
-    )
+    c = _tiny(flow_steps=3, fm_steps=3, cnf_steps=2)
     r = run_toy(c)
     for kind in ("realnvp", "cnf", "fm"):
         assert r[kind]["nll"] == r[kind]["nll"] and r[kind]["params"] > 0
@@ -63,14 +60,7 @@ def test_smoke_run_and_reflow():
 def test_length_probe_and_curves():
     from lib.flows.toys import length_probe
 
-    c = ToyConfig(
-        n_train=256,
-        n_test=32,
-        batch=32,
-        cnf_solver_steps=1,
-        realnvp=RealNVPConfig(couplings=2, hidden=8),
-        velocity=MLPConfig(dim=2, hidden=8, depth=1, time_dim=8),
-    )
+    c = _tiny(n_test=32)
     rows = length_probe(c, "realnvp", (2, 4))
     assert [r["steps"] for r in rows] == [2, 4] and rows[1]["curve"]["steps"][-1] == 3
     (cnf,) = length_probe(c, "cnf", (2,), tight=True)
