@@ -256,6 +256,15 @@ def git_commit(root: str | Path | None = None) -> str | None:
         return None
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    """One figure over seeds: ``{"mean", "std" (sample, 0 for one value), "n", "min", "max", "values"}``."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("values is empty")
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
+            "min": min(vals), "max": max(vals), "values": vals}  # fmt: skip
+
+
 def save_results(path: str | Path, results: Any, command: str | None = None) -> Path:
     """Write ``{"provenance": ..., "results": results}`` as JSON to ``path`` and return the path."""
     path = Path(path)

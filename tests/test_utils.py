@@ -126,3 +126,14 @@ def test_saved_tensor_bytes_counts_storages_once_and_excludes():
     assert saved_tensor_bytes(lambda a: (a @ w).tanh(), x, alive_only=True)[1] == n
     with pytest.raises(TypeError, match="fn must be callable"):
         saved_tensor_bytes(3)
+
+
+def test_spread_over_seeds():
+    from lib.utils import spread
+
+    s = spread([1.0, 2.0, 4.0])
+    assert s["mean"] == pytest.approx(7 / 3) and s["std"] == pytest.approx(1.5275252316519468)
+    assert (s["n"], s["min"], s["max"], s["values"]) == (3, 1.0, 4.0, [1.0, 2.0, 4.0])
+    assert spread([0.5])["std"] == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        spread([])

@@ -35,7 +35,7 @@ from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.data.digits import load_digits
 from lib.diffusion.likelihood import bits_per_dim, categorical_pixel_bits_per_dim, uniform_dequantize
 from lib.flows.likelihood import velocity_log_prob
-from lib.flows.matching import cfm_loss, euler_sample, ode_sample
+from lib.flows.matching import cfm_loss, euler_sample, ode_sample, reflow
 from lib.flows.model import GlowConfig, NormalizingFlow, build_glow
 from lib.nn.unet import MLPConfig, TimeMLP
 from lib.train import train
@@ -141,29 +141,11 @@ def sample_quality(glow: NormalizingFlow, fm: torch.nn.Module, n: int, generator
 
 def reflow_digits(teacher: torch.nn.Module, c: DigitsFlowConfig, pairs: int, steps: int,
                   generator: torch.Generator) -> tuple[torch.nn.Module, dict]:  # fmt: skip
-    """One reflow of the digits flow-matching model: ``pairs`` couplings ``(ODE_teacher(eps), eps)``, then flow
-    matching on them for ``steps`` steps from the teacher's weights (the toys' :func:`lib.flows.toys.reflow`, in
-    64 dimensions). Returns ``(student, info)``."""
-    import copy
-
-    from lib.flows.matching import reflow_pairs
-
-    teacher.eval()
-    t0 = time.perf_counter()
-    x0, eps = reflow_pairs(teacher, pairs, (1, 8, 8), generator=generator, rtol=1e-4, atol=1e-4)
-    pair_seconds = time.perf_counter() - t0
-    student = copy.deepcopy(teacher)
-    opt = torch.optim.Adam(student.parameters(), lr=c.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-
-    def batch(step: int):
-        idx = torch.randint(0, pairs, (c.batch,), generator=generator)
-        return x0[idx], eps[idx]
-
-    hist = train(student, lambda m, b: cfm_loss(m, b[0], b[1], generator=generator), batch, steps, optimizer=opt,
-                 scheduler=sched, log_every=max(1, steps // 50), desc="digits reflow")  # fmt: skip
-    student.eval()
-    return student, {"pairs": pairs, "steps": steps, "pair_seconds": pair_seconds, "train_seconds": hist.seconds}
+    """One reflow of the digits flow-matching model (:func:`lib.flows.matching.reflow` in 64 dimensions, at ``c``'s
+    batch and learning rate, the teacher solved at tolerance 1e-4). Returns ``(student, info)``."""
+    student, info = reflow(teacher, pairs, (1, 8, 8), steps, c.batch, c.lr, generator, rtol=1e-4, atol=1e-4,
+                           desc="digits reflow")  # fmt: skip
+    return student, {"pairs": pairs, "steps": steps, **info}
 
 
 DIFFUSION_T_MIN_GRID = (1e-3, 1e-2)

@@ -198,3 +198,32 @@ def reflow_pairs(
     eps = torch.randn(n, *shape, generator=generator).to(device)
     x0 = torch.cat([ode_sample(v_theta, e, rtol, atol).x0 for e in eps.split(batch)])
     return x0, eps
+
+
+def reflow(teacher: torch.nn.Module, pairs: int, shape: tuple[int, ...], steps: int, batch: int, lr: float,
+           generator: torch.Generator, rtol: float = 1e-5, atol: float = 1e-5,
+           desc: str = "reflow") -> tuple[torch.nn.Module, dict]:  # fmt: skip
+    """One reflow (Liu et al. 2023): :func:`reflow_pairs` of ``teacher`` (``pairs`` draws of ``shape``), then flow
+    matching on those fixed pairs for ``steps`` Adam steps (cosine decay from ``lr``), starting from the teacher's
+    weights; ``generator`` drives the pairs, the batches and the loss's times. Returns ``(student, info)``."""
+    import copy
+    import time
+
+    from lib.train import train
+
+    teacher.eval()
+    t0 = time.perf_counter()
+    x0, eps = reflow_pairs(teacher, pairs, shape, generator=generator, rtol=rtol, atol=atol)
+    pair_seconds = time.perf_counter() - t0
+    student = copy.deepcopy(teacher)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, pairs, (batch,), generator=generator)
+        return x0[idx], eps[idx]
+
+    hist = train(student, lambda m, b: cfm_loss(m, b[0], b[1], generator=generator), next_batch, steps,
+                 optimizer=opt, scheduler=sched, log_every=max(1, steps // 50), desc=desc)  # fmt: skip
+    student.eval()
+    return student, {"pair_seconds": pair_seconds, "train_seconds": hist.seconds, "final_loss": hist.last("loss", 5)}

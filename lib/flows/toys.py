@@ -24,7 +24,8 @@ import torch
 
 from lib.data.toy2d import checkerboard, checkerboard_log_prob, ring_mixture, two_moons, two_moons_log_prob
 from lib.flows.cnf import cnf_log_prob
-from lib.flows.matching import cfm_loss, euler_sample, ode_sample, reflow_pairs, straightness
+from lib.flows.matching import cfm_loss, euler_sample, ode_sample, straightness
+from lib.flows.matching import reflow as reflow_fm
 from lib.flows.model import NormalizingFlow, RealNVPConfig, build_realnvp, count_parameters
 from lib.metrics import energy_distance, mean_pairwise_distance
 from lib.nn.unet import MLPConfig, TimeMLP
@@ -287,27 +288,9 @@ def paired_reflow_eval(teacher: torch.nn.Module, student: torch.nn.Module, name:
 
 
 def reflow(teacher: torch.nn.Module, name: str, rc: ReflowConfig) -> tuple[torch.nn.Module, dict]:
-    """One reflow: pairs ``(ODE_teacher(eps), eps)``, then flow matching on those fixed pairs, starting from the
-    teacher's weights. Returns ``(student, info)``."""
-    import copy
-
-    g = torch.Generator().manual_seed(rc.seed)
-    teacher.eval()
-    t0 = time.perf_counter()
-    x0, eps = reflow_pairs(teacher, rc.pairs, (2,), generator=g)
-    pair_seconds = time.perf_counter() - t0
-    student = copy.deepcopy(teacher)
-    opt = torch.optim.Adam(student.parameters(), lr=rc.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, rc.steps)
-
-    def batch(step: int):
-        idx = torch.randint(0, rc.pairs, (rc.batch,), generator=g)
-        return x0[idx], eps[idx]
-
-    hist = train(student, lambda m, b: cfm_loss(m, b[0], b[1], generator=g), batch, rc.steps, optimizer=opt,
-                 scheduler=sched, log_every=max(1, rc.steps // 50), desc="reflow")  # fmt: skip
-    student.eval()
-    return student, {"pair_seconds": pair_seconds, "train_seconds": hist.seconds, "final_loss": hist.last("loss", 5)}
+    """One reflow of a 2D toy's flow-matching model (:func:`lib.flows.matching.reflow` with ``rc``'s settings; the
+    pairs, batches and times drawn from ``rc.seed``). Returns ``(student, info)``."""
+    return reflow_fm(teacher, rc.pairs, (2,), rc.steps, rc.batch, rc.lr, torch.Generator().manual_seed(rc.seed))
 
 
 def main(argv: list[str] | None = None) -> int:

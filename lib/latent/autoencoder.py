@@ -192,18 +192,25 @@ class TrainedAutoencoder:
     metadata: dict | None = None
 
 
+def training_images(n_train: int, seed: int) -> torch.Tensor:
+    """The autoencoder's training set ``(n_train, 3, 32, 32)``: ``make_shapes(split="train")``, half on the plain
+    background (seed ``seed``) and half on the gradient one (seed ``seed + 1``)."""
+    from lib.data.shapes import ShapesConfig, make_shapes
+
+    half, gradient = max(1, n_train // 2), ShapesConfig(background="gradient")
+    plain = make_shapes(half, seed=seed, split="train").images
+    return torch.cat([plain, make_shapes(half, seed=seed + 1, split="train", config=gradient).images])
+
+
 def train_autoencoder(config: AutoencoderConfig = AutoencoderConfig()) -> TrainedAutoencoder:  # noqa: B008
     """Train on ``make_shapes(split="train")`` (half plain, half gradient background) through ``lib.train.train``,
     then set ``scale_factor = 1 / latent_std`` on the first 2000 training images (plain: what diffusion sees)."""
-    from lib.data.shapes import ShapesConfig, make_shapes
     from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
     seed_everything(config.seed, threads=None, deterministic=False)
     model = KLAutoencoder(config)
-    half, gradient = max(1, config.n_train // 2), ShapesConfig(background="gradient")
-    x_train = torch.cat([make_shapes(half, seed=config.seed, split="train").images,
-                         make_shapes(half, seed=config.seed + 1, split="train", config=gradient).images])  # fmt: skip
+    x_train = training_images(config.n_train, config.seed)
     g = torch.Generator().manual_seed(config.seed + 1)
 
     def batch(step: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from lib.latent.controlnet_train import (
     iou_summary,
     load_controlnet,
 )
+from lib.utils import spread
 
 IOU_KEYS = ("iou", "iou_large", "iou_small")
 
@@ -53,12 +54,6 @@ def unseen_layouts(n: int, seed: int, n_train: int = 20000):
     if len(keep) < n:
         raise ValueError(f"only {len(keep)} unseen layouts among {4 * n} test images; ask for fewer")
     return pool[keep]
-
-
-def _spread(values: list[float]) -> dict:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t),
-            "min": float(t.min()), "max": float(t.max())}  # fmt: skip
 
 
 def _metrics(run: dict) -> list[str]:
@@ -127,7 +122,7 @@ def summarise(runs: list[dict]) -> tuple[dict, dict]:
     for key, rs in per_model.items():
         summary[key] = {"setting": rs[0]["setting"], "model": rs[0]["model"], "train_seed": rs[0]["train_seed"],
                         "sample_seeds": [r["seed"] for r in rs],
-                        **{m: _spread([r[m] for r in rs]) for m in _metrics(rs[0])}}  # fmt: skip
+                        **{m: spread([r[m] for r in rs]) for m in _metrics(rs[0])}}  # fmt: skip
         setting_key = f"{rs[0]['setting']} | strength {rs[0]['strength']} | {rs[0]['caption']}"
         by_setting.setdefault(setting_key, []).append(summary[key])
     training_seeds = {}
@@ -140,7 +135,7 @@ def summarise(runs: list[dict]) -> tuple[dict, dict]:
         metrics = [k for k, v in groups[0].items() if isinstance(v, dict)]
         training_seeds[key] = {
             "models": [g["model"] for g in groups], "train_seeds": [g["train_seed"] for g in groups],
-            **{m: _spread([g[m]["mean"] for g in groups]) for m in metrics},
+            **{m: spread([g[m]["mean"] for g in groups]) for m in metrics},
             "sampling_std": {m: sum(g[m]["std"] for g in groups) / len(groups) for m in metrics},
         }  # fmt: skip
     return summary, training_seeds
@@ -222,7 +217,7 @@ def run_composition(mask: str, edges: str, strengths: list[float], sample_seeds:
         s = r["strength"]
         key = f"{r['composition']} | strength {s if isinstance(s, float) else tuple(s)} | {r['caption']}"
         summary.setdefault(key, []).append(r)
-    summary = {k: {m: _spread([r[m] for r in rs]) for m in _metrics(rs[0])} for k, rs in summary.items()}
+    summary = {k: {m: spread([r[m] for r in rs]) for m in _metrics(rs[0])} for k, rs in summary.items()}
     overlap = {"A_images_vs_B": iou_summary(a.images, b), "B_images_vs_A": iou_summary(b.images, a)}
     return {"runs": runs, "summary": summary, "layout_overlap": overlap, "models": {"mask": mask, "edges": edges},
             "w": w, "steps": steps, "n": n, "sample_seeds": sample_seeds, "strengths": strengths,

@@ -27,7 +27,13 @@ from pathlib import Path
 import torch
 
 from lib.checkpoint import WEIGHTS_DIR, save_checkpoint, sha256
-from lib.latent.autoencoder import DEFAULT_CHECKPOINT, KLAutoencoder, evaluate_autoencoder, load_autoencoder
+from lib.latent.autoencoder import (
+    DEFAULT_CHECKPOINT,
+    KLAutoencoder,
+    evaluate_autoencoder,
+    load_autoencoder,
+    training_images,
+)
 
 FT_DECODER = WEIGHTS_DIR / "shapes_decoder_ft.safetensors"
 
@@ -56,15 +62,11 @@ class DecoderFTConfig:
 
 def finetune_decoder(model: KLAutoencoder, config: DecoderFTConfig = DecoderFTConfig()):  # noqa: B008
     """Fine-tune ``model.decoder`` in place through ``lib.train.train``, the encoder frozen; returns the history."""
-    from lib.data.shapes import ShapesConfig, make_shapes
     from lib.train import one_cycle, train
     from lib.utils import seed_everything
 
     seed_everything(config.seed, threads=None, deterministic=False)
-    half = max(1, config.n_train // 2)
-    x = torch.cat([make_shapes(half, seed=config.seed, split="train").images,
-                   make_shapes(half, seed=config.seed + 1, split="train",
-                               config=ShapesConfig(background="gradient")).images])  # fmt: skip
+    x = training_images(config.n_train, config.seed)
     model.eval().requires_grad_(False)
     with torch.no_grad():
         q = [model.posterior(x[i : i + 500]) for i in range(0, len(x), 500)]

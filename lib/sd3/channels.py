@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 from pathlib import Path
 
 from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, sha256
 from lib.diffusion.rectified import resolution_shift
 from lib.sd3.pipeline import RESULTS, SD3Pipeline, SD3TrainConfig, save_mmdit, train_mmdit
+from lib.utils import spread
 
 CHANNELS = (4, 8, 16)
 """Latent channel counts of the study (Stable Diffusion: 4; SD3: 16)."""
@@ -193,8 +193,7 @@ def merge(parts: dict[int, dict]) -> dict:
                 continue
             for g, key in (("one", "joint"), ("one", "shape"), ("one", "colour"), ("two", "binding"), ("two", "count")):
                 vals = [judged[s][g][key] for s in judged]
-                row[f"{tag}{g}_{key}"] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
-                                          else 0.0, "values": vals}  # fmt: skip
+                row[f"{tag}{g}_{key}"] = spread(vals)
         if shifted:
             row["shift"] = shifted["shift"]
         rows.append(row)

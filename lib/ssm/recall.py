@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -25,7 +24,7 @@ from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.data.recall import RecallBatch, induction_heads, selective_copying
 from lib.ssm.mamba import MambaConfig, MambaLM, count_parameters
 from lib.train import History, train
-from lib.utils import DEFAULT_THREADS, save_results, seed_everything
+from lib.utils import DEFAULT_THREADS, load_results, save_results, seed_everything
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results" / "ssm"
 
@@ -260,7 +259,7 @@ def run_probes(
         raise ValueError(f"unknown probes {unknown}; have {list(PROBES)}")
     probes: dict[str, Any] = {}
     if out.exists():
-        probes = json.loads(out.read_text())["results"]["probes"]
+        probes = load_results(out)["results"]["probes"]
     results = {"base": dataclasses.asdict(base), "probes": probes}
     for name in names:
         rc = dataclasses.replace(base, **PROBES[name])
