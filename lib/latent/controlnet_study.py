@@ -33,11 +33,11 @@ from lib.latent.controlnet import ControlledUNet, condition_image
 from lib.latent.controlnet_train import (
     RESULTS,
     TEXT_ONLY,
-    decoder_provenance,
     generate_controlled,
     iou_summary,
     load_controlnet,
 )
+from lib.latent.decoder_ft import decoder_provenance
 from lib.utils import spread
 
 IOU_KEYS = ("iou", "iou_large", "iou_small")

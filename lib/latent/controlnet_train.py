@@ -208,17 +208,6 @@ def snap_step(curve: list[dict], key: str = "iou") -> int:
     return next(p["step"] for p in curve if p[key] >= (lo + hi) / 2)
 
 
-def decoder_provenance(original: bool = False) -> dict:
-    """File and sha256 of the decoder the shipped pipeline decodes with (``lib.latent.train.shipped_autoencoder``:
-    the fine-tuned one; results written before it existed were decoded by the autoencoder's own decoder, which
-    ``original=True`` names)."""
-    from lib.latent.decoder_ft import FT_DECODER
-    from lib.latent.train import AUTOENCODER
-
-    path = AUTOENCODER if original else FT_DECODER
-    return {"file": path.name + (" (its own decoder)" if original else ""), "sha256": sha256(path)}
-
-
 def save_controlnet(trained: TrainedControlNet, path: str | Path, command: str, ldm_path: str | Path) -> Path:
     """Save with the configs, the curve and the sha256 of the frozen latent UNet it was trained on."""
     net, c = trained.controlnet, trained.config
@@ -250,6 +239,7 @@ def load_controlnet(path: str | Path, pipe=None) -> tuple[ControlNet, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lib.latent.decoder_ft import decoder_provenance
     from lib.latent.train import checkpoint_path
     from lib.utils import save_results, seed_everything
 

@@ -38,6 +38,14 @@ from lib.latent.autoencoder import (
 FT_DECODER = WEIGHTS_DIR / "shapes_decoder_ft.safetensors"
 
 
+def decoder_provenance(original: bool = False) -> dict:
+    """File and sha256 of the decoder the shipped pipelines decode with (``lib.latent.train.shipped_autoencoder``:
+    the fine-tuned one), for results files; ``original=True`` names the autoencoder's own decoder instead (results
+    decoded before the fine-tuned one existed, or on purpose)."""
+    path = DEFAULT_CHECKPOINT if original else FT_DECODER
+    return {"file": path.name + (" (its own decoder)" if original else ""), "sha256": sha256(path)}
+
+
 @dataclass(frozen=True)
 class DecoderFTConfig:
     """Settings of :func:`finetune_decoder`."""

@@ -208,11 +208,10 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = load_pipeline(args.checkpoint, conditioning=args.conditioning)
         label = args.checkpoint.stem.removeprefix("shapes_ldm_") if args.checkpoint else args.conditioning
-        from lib.checkpoint import sha256
-        from lib.latent.decoder_ft import FT_DECODER
+        from lib.latent.decoder_ft import decoder_provenance
 
         res = {"convention": CONVENTION, "steps": args.steps, "sizes": sizes, "seeds": args.seeds, "ws": args.ws,
-               "decoder": {"file": FT_DECODER.name, "sha256": sha256(FT_DECODER)},
+               "decoder": decoder_provenance(),
                label: run(pipe, args.ws, args.seeds, sizes, args.steps)}  # fmt: skip
         if label == "grouped":
             res["reference"] = reference(sizes)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint, sha256
+from lib.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from lib.diffusion.guidance import check_scale, guided_denoiser
 from lib.diffusion.predictions import Denoiser
 from lib.diffusion.rectified import flow_match_grid, formulation
@@ -252,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         if unet.config.conditioning != "clip":
             parser.error(f"--unet {name}: the UNet must read the clip text tower, got {unet.config.conditioning!r}")
         pipes[f"unet_{name}"], samplers[f"unet_{name}"] = unet, "DDIM on SD's leading grid"
-    from lib.latent.decoder_ft import FT_DECODER
+    from lib.latent.decoder_ft import decoder_provenance
 
     res: dict = {"sizes": sizes, "seeds": args["seeds"], "ws": args["ws"], "steps": args["eval_steps"],
-                 "sampler": samplers, "decoder": {"file": FT_DECODER.name, "sha256": sha256(FT_DECODER)}}  # fmt: skip
+                 "sampler": samplers, "decoder": decoder_provenance()}  # fmt: skip
     for name, pipe in pipes.items():
         res[name] = {str(k): run(pipe, args["ws"], args["seeds"], sizes, steps=k) for k in args["eval_steps"]}
     path = save_results(out or RESULTS / "mmdit.json", res, command)
