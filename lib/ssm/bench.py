@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lib.ssm.scan import selective_scan
-from lib.utils import benchmark, save_results, seed_everything
+from lib.utils import DEFAULT_THREADS, benchmark, save_results, seed_everything
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -111,7 +111,7 @@ def run(
     """Measure :func:`default_rows` in order; rewrite ``out`` after each row. Returns the rows. ``threads``: torch's
     intra-op threads (default: :data:`lib.utils.DEFAULT_THREADS`)."""
     dev = torch.device(device)
-    seed_everything(0) if threads is None else seed_everything(0, threads=threads)
+    seed_everything(0, threads=DEFAULT_THREADS if threads is None else threads)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for r in default_rows(device, L):
